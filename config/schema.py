@@ -1,0 +1,150 @@
+"""The typed shape of `config/driftloop.yaml`: every number, column, path and URL the loop uses.
+
+Models are strict (`extra="forbid"`) so a misspelt key is an error, not a silently ignored
+setting. Cross-field rules that need no I/O live here; checks against the data file and the
+estimator class live in `config.loader`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TaskType = Literal["regression", "binary", "multiclass"]
+
+# metric name -> (tasks it applies to, greater is better)
+METRICS: dict[str, tuple[frozenset[str], bool]] = {
+    "rmse": (frozenset({"regression"}), False),
+    "mae": (frozenset({"regression"}), False),
+    "r2": (frozenset({"regression"}), True),
+    "accuracy": (frozenset({"binary", "multiclass"}), True),
+    "f1": (frozenset({"binary"}), True),
+    "roc_auc": (frozenset({"binary"}), True),
+    "f1_macro": (frozenset({"multiclass"}), True),
+    "log_loss": (frozenset({"binary", "multiclass"}), False),
+}
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "regression": ["rmse", "mae", "r2"],
+    "binary": ["roc_auc", "accuracy", "f1", "log_loss"],
+    "multiclass": ["f1_macro", "accuracy", "log_loss"],
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectConfig(Section):
+    name: str = Field(
+        "model",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,40}$",
+        description="Model name: BentoML model name, metric label, Slack title.",
+    )
+
+
+class DataSource(Section):
+    """How the training data file is first created from a bundled file on a fresh clone."""
+
+    path: str
+    query: str | None = Field(None, description="pandas query selecting the initial rows")
+
+
+class DataConfig(Section):
+    path: str = Field(description="The DVC-tracked training data (csv or parquet).")
+    source: DataSource | None = None
+    target: str
+    task: TaskType
+    numeric: list[str] | None = Field(
+        None, description="Numeric features; omit both lists to infer them from the data."
+    )
+    categorical: list[str] | None = None
+    nullable: list[str] = Field(
+        default_factory=list, description="Features that may be null at serving time."
+    )
+    id_column: str | None = None
+    timestamp_column: str | None = None
+    drop: list[str] = Field(
+        default_factory=list, description="Columns never used as features (e.g. leaks)."
+    )
+
+    @model_validator(mode="after")
+    def _lists_consistent(self) -> DataConfig:
+        if (self.numeric is None) != (self.categorical is None):
+            raise ValueError(
+                "give both data.numeric and data.categorical (an empty list is fine), "
+                "or omit both to infer features from the data"
+            )
+        both = set(self.numeric or []) & set(self.categorical or [])
+        if both:
+            raise ValueError(f"columns listed as both numeric and categorical: {sorted(both)}")
+        special = {self.target, self.id_column, self.timestamp_column} - {None}
+        clash = special & set((self.numeric or []) + (self.categorical or []))
+        if clash:
+            raise ValueError(f"target/id/timestamp columns cannot be features: {sorted(clash)}")
+        return self
+
+
+class PrepareConfig(Section):
+    test_size: float = Field(0.2, gt=0, lt=1, description="Share held out for evaluation.")
+    seed: int = 42
+    stratify: bool = Field(True, description="Stratify the split on the target (classification).")
+
+
+class TrainConfig(Section):
+    estimator: str = Field(
+        description="Import path of a scikit-learn estimator class, "
+        "e.g. sklearn.ensemble.HistGradientBoostingRegressor."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="Its hyperparameters.")
+    seed: int | None = Field(42, description="Passed as random_state when the estimator has one.")
+
+
+class EvaluateConfig(Section):
+    metrics: list[str] | None = Field(None, description="Defaults depend on data.task.")
+    primary: str | None = Field(None, description="The metric the gate compares; default: first.")
+
+
+class ServingConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535, description="The port clients use.")
+    slot_ports: list[int] = Field(default_factory=lambda: [3001, 3002], min_length=2, max_length=2)
+    ready_timeout_seconds: float = Field(60, gt=0)
+    max_batch: int = Field(1000, ge=1, description="Largest batch a request may carry.")
+
+
+class DriftloopConfig(Section):
+    project: ProjectConfig = ProjectConfig()
+    data: DataConfig
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
+    serving: ServingConfig = ServingConfig()
+
+    @model_validator(mode="after")
+    def _metrics_fit_task(self) -> DriftloopConfig:
+        task = self.data.task
+        for name in self.evaluate.metrics or []:
+            if name not in METRICS:
+                raise ValueError(
+                    f"evaluate.metrics: unknown metric {name!r}; known: {sorted(METRICS)}"
+                )
+            if task not in METRICS[name][0]:
+                raise ValueError(
+                    f"evaluate.metrics: {name!r} does not apply to task {task!r}; "
+                    f"use one of {DEFAULT_METRICS[task]}"
+                )
+        if self.evaluate.primary and self.evaluate.primary not in self.metric_names:
+            raise ValueError(
+                f"evaluate.primary: {self.evaluate.primary!r} is not among the metrics "
+                f"{self.metric_names}"
+            )
+        return self
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.evaluate.metrics or DEFAULT_METRICS[self.data.task])
+
+    @property
+    def primary_metric(self) -> str:
+        return self.evaluate.primary or self.metric_names[0]

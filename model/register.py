@@ -1,0 +1,47 @@
+"""Save the trained pipeline into the BentoML model store (the one $BENTOML_HOME names).
+
+Run as `python -m model.register`; it prints the exact model tag. The version is derived from the
+model file's content, so registering the same model twice returns the same tag.
+"""
+
+from __future__ import annotations
+
+import json
+
+import bentoml
+import joblib
+
+from config.loader import Project
+from model import artifacts
+from model.lineage import file_md5
+from model.stage import run_stage
+
+
+def register(project: Project) -> str:
+    model_file = project.resolve(artifacts.MODEL_FILE)
+    meta_file = project.resolve(artifacts.MODEL_META)
+    if not model_file.is_file() or not meta_file.is_file():
+        raise SystemExit(f"no trained model at {artifacts.MODEL_DIR}; run `dvc repro` first")
+    meta = json.loads(meta_file.read_text())
+    tag = f"{project.config.project.name}:{file_md5(model_file)[:16]}"
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    lineage = meta["lineage"]
+    labels = {k: str(lineage[k]) for k in ("data_rev", "git_commit", "params_hash")}
+    labels["git_dirty"] = str(lineage["git_dirty"]).lower()
+    # BentoML metadata allows no None values: keep the whole description as one JSON string
+    metadata = {"driftloop_meta": json.dumps(meta)}
+    saved = bentoml.sklearn.save_model(
+        tag, joblib.load(model_file), labels=labels, metadata=metadata
+    )
+    return str(saved.tag)
+
+
+def main(project: Project) -> None:
+    print(f"__model_tag__:{register(project)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

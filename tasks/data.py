@@ -1,0 +1,67 @@
+"""The training data under DVC: create it on a fresh clone, track it, push it, pull it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.loader import ConfigError, Project
+from model.frames import read_table, write_table
+from model.lineage import dvc_recorded_md5, file_md5
+from tasks.commands import CommandError, bin_path, run
+
+
+@dataclass(frozen=True)
+class DataState:
+    path: str
+    md5: str
+    action: str  # "present" | "pulled" | "created"
+
+
+def ensure_data(project: Project) -> DataState:
+    """Make `data.path` present and pushed: pull it, or create it from `data.source`."""
+    path = project.data_path
+    action = "present"
+    if not path.is_file() and dvc_recorded_md5(path):
+        action = "pulled" if _try_pull(project) else action
+    if not path.is_file():
+        create_from_source(project)
+        action = "created"
+    track(project)
+    return DataState(path=project.config.data.path, md5=file_md5(path), action=action)
+
+
+def create_from_source(project: Project) -> None:
+    source = project.config.data.source
+    if source is None:
+        raise ConfigError(
+            f"data.path: {project.data_path} is missing and cannot be pulled from the DVC "
+            "remote; copy your dataset there or configure data.source"
+        )
+    frame = read_table(project.resolve(source.path))
+    if source.query:
+        try:
+            frame = frame.query(source.query)
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise ConfigError(f"data.source.query: {source.query!r} failed: {exc}") from None
+    write_table(frame, project.data_path)
+
+
+def track(project: Project) -> None:
+    """`dvc add` (a no-op when unchanged) then `dvc push` to the configured remote."""
+    rel = str(project.data_path.relative_to(project.root))
+    dvc = bin_path("dvc")
+    run([dvc, "add", "-q", rel], project.root, hint="check that the project is a DVC repo")
+    run(
+        [dvc, "push", "-q", rel + ".dvc"],
+        project.root,
+        hint="check the DVC remote (`dvc remote list`)",
+    )
+
+
+def _try_pull(project: Project) -> bool:
+    rel = str(project.data_path.relative_to(project.root)) + ".dvc"
+    try:
+        run([bin_path("dvc"), "pull", "-q", rel], project.root, hint="")
+    except CommandError:
+        return False
+    return project.data_path.is_file()

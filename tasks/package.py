@@ -1,0 +1,118 @@
+"""Packaging: the trained model into BentoML's store, then a bento pinned to that exact model."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from config.loader import Project
+from model import artifacts
+from tasks.commands import CommandError, bin_path, run
+
+
+@dataclass(frozen=True)
+class Bento:
+    tag: str
+    model_tag: str
+    labels: dict[str, str]
+
+
+def bentoml_home(project: Project) -> Path:
+    return project.state_dir / "bentoml"
+
+
+def bentoml_env(project: Project) -> dict[str, str]:
+    return {"BENTOML_HOME": str(bentoml_home(project)), "BENTOML_DO_NOT_TRACK": "true"}
+
+
+def read_model_meta(project: Project) -> dict:
+    meta_path = project.resolve(artifacts.MODEL_META)
+    if not meta_path.is_file():
+        raise CommandError(f"no trained model at {artifacts.MODEL_DIR}; run `dvc repro` first")
+    return json.loads(meta_path.read_text())
+
+
+def register_model(project: Project) -> str:
+    """The trained pipeline saved into the project's BentoML store; returns its exact tag.
+
+    Runs in a subprocess so the store is the project's own whatever this process imported.
+    """
+    out = run(
+        [sys.executable, "-m", "model.register"],
+        project.root,
+        env=bentoml_env(project),
+        hint="is the model trained (`dvc repro`) and the store writable?",
+    )
+    match = re.search(r"__model_tag__:(\S+)", out)
+    if not match:
+        raise CommandError(f"model registration printed no tag:\n{out[-500:]}")
+    return match.group(1)
+
+
+def release_version(model_tag: str) -> str:
+    """A sortable, unique bento version: UTC time plus the model version it serves."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{model_tag.split(':', 1)[1][:8]}"
+
+
+def build_bento(
+    project: Project, model_tag: str, extra_labels: dict[str, str] | None = None
+) -> Bento:
+    """`bentoml build` with lineage labels and the exact model tag as a build argument."""
+    meta = read_model_meta(project)
+    lineage = meta["lineage"]
+    labels = {
+        "model_tag": model_tag,
+        "data_rev": lineage["data_rev"],
+        "git_commit": lineage["git_commit"],
+        "git_dirty": str(lineage["git_dirty"]).lower(),
+        "params_hash": lineage["params_hash"],
+        **(extra_labels or {}),
+    }
+    args = [
+        bin_path("bentoml"),
+        "build",
+        "-f",
+        "bentofile.yaml",
+        "--name",
+        project.config.project.name,
+        "--version",
+        release_version(model_tag),
+        "--arg",
+        f"model_tag={model_tag}",
+        "--arg",
+        f"max_batch={project.config.serving.max_batch}",
+        "-o",
+        "tag",
+    ]
+    for key, value in labels.items():
+        args += ["--label", f"{key}={_label_value(value)}"]
+    out = run(
+        args,
+        project.root,
+        env=bentoml_env(project),
+        hint="see the build output above; the previous release keeps serving",
+    )
+    match = re.search(r"__tag__:(\S+)", out)
+    if not match:
+        raise CommandError(f"`bentoml build` printed no tag:\n{out[-500:]}")
+    return Bento(tag=match.group(1), model_tag=model_tag, labels=labels)
+
+
+def _label_value(value: str) -> str:
+    """Bento label values allow letters, digits, '-', '_' and '.' only."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))[:63] or "none"
+
+
+def bento_info(project: Project, tag: str) -> dict:
+    out = run(
+        [bin_path("bentoml"), "get", tag, "-o", "json"],
+        project.root,
+        env=bentoml_env(project),
+        hint=f"is {tag} in the store? `bentoml list`",
+    )
+    return json.loads(out)

@@ -1,0 +1,110 @@
+"""Running a bento: a `bentoml serve` process per slot, each with its own BENTOML_HOME.
+
+Two servers sharing one BENTOML_HOME wipe each other's Prometheus directory at start-up, so each
+slot gets a home of its own whose `bentos` and `models` link to the shared store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from config.loader import Project
+from tasks.commands import CommandError, bin_path, tool_env
+from tasks.package import bentoml_home
+
+
+@dataclass
+class Server:
+    bento: str
+    port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def slot_home(project: Project, port: int) -> Path:
+    home = project.state_dir / "slots" / str(port)
+    home.mkdir(parents=True, exist_ok=True)
+    shared = bentoml_home(project)
+    for part in ("bentos", "models"):
+        (shared / part).mkdir(parents=True, exist_ok=True)
+        link = home / part
+        if not link.is_symlink():
+            link.symlink_to(shared / part, target_is_directory=True)
+    return home
+
+
+def start_server(project: Project, bento: str, port: int) -> Server:
+    """Start `bentoml serve` for one bento on one loopback port; returns once it is ready."""
+    home = slot_home(project, port)
+    log = project.state_dir / "logs" / f"bento-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = tool_env({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"})
+    with log.open("wb") as out:  # one log per start: old failures must not count
+        process = subprocess.Popen(
+            [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(bento=bento, port=port, process=process, log=log)
+    try:
+        wait_ready(server, project.config.serving.ready_timeout_seconds)
+    except CommandError:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_ready(server: Server, timeout: float) -> None:
+    """Poll /readyz until 200, the process dies, or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise CommandError(
+                f"bento {server.bento} exited with code {server.process.returncode} before it "
+                f"was ready; see {server.log}"
+            )
+        if _startup_failed(server.log):
+            raise CommandError(
+                f"bento {server.bento} failed to start (its service raised); see {server.log}"
+            )
+        try:
+            if httpx.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise CommandError(
+        f"bento {server.bento} on port {server.port} not ready after {timeout:.0f} s; "
+        f"see {server.log}"
+    )
+
+
+def _startup_failed(log: Path) -> bool:
+    """BentoML's supervisor restarts a worker whose service raised; its log says so."""
+    try:
+        return b"Application startup failed" in log.read_bytes()[-20000:]
+    except FileNotFoundError:
+        return False
+
+
+def stop_server(server: Server, grace: float = 10) -> None:
+    """SIGTERM the server's process group, then SIGKILL what is left after `grace` seconds."""
+    if server.process.poll() is not None:
+        return
+    os.killpg(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)
