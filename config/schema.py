@@ -8,8 +8,9 @@ estimator class live in `config.loader`.
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TaskType = Literal["regression", "binary", "multiclass"]
 
@@ -107,10 +108,47 @@ class EvaluateConfig(Section):
 
 class ServingConfig(Section):
     host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535, description="The port clients use.")
+    port: int = Field(3000, ge=1, le=65535, description="The port clients use (nginx).")
     slot_ports: list[int] = Field(default_factory=lambda: [3001, 3002], min_length=2, max_length=2)
     ready_timeout_seconds: float = Field(60, gt=0)
     max_batch: int = Field(1000, ge=1, description="Largest batch a request may carry.")
+    max_error_ratio: float = Field(
+        0.01, ge=0, le=1, description="5xx share above which serving alerts / rolls back."
+    )
+    max_p95_latency_seconds: float = Field(0.5, gt=0)
+
+
+class MonitorConfig(Section):
+    interval_seconds: int = Field(300, ge=10, description="Schedule of the monitor deployment.")
+    min_rows: int = Field(200, ge=1, description="Smaller windows get 'insufficient data'.")
+    drift_share: float = Field(
+        0.5, gt=0, le=1, description="Dataset drift when this share of columns drifts."
+    )
+    quality_limit: float | None = Field(
+        None, description="Alert when the primary metric is worse than this on labelled traffic."
+    )
+
+
+class EndpointsConfig(Section):
+    """Where each service listens; the local stack binds to these, clients call them."""
+
+    prefect: str = "http://127.0.0.1:4200"
+    pushgateway: str = "http://127.0.0.1:9091"
+    prometheus: str = "http://127.0.0.1:9090"
+    alertmanager: str = "http://127.0.0.1:9093"
+
+    @field_validator("*")
+    @classmethod
+    def _is_http_url(cls, value: str) -> str:
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
+            raise ValueError(
+                "must be an http(s) URL with host and port, e.g. http://127.0.0.1:9090"
+            )
+        return value.rstrip("/")
+
+    def port(self, name: str) -> int:
+        return int(urlsplit(getattr(self, name)).port)
 
 
 class DriftloopConfig(Section):
@@ -120,6 +158,8 @@ class DriftloopConfig(Section):
     train: TrainConfig
     evaluate: EvaluateConfig = EvaluateConfig()
     serving: ServingConfig = ServingConfig()
+    monitor: MonitorConfig = MonitorConfig()
+    endpoints: EndpointsConfig = EndpointsConfig()
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> DriftloopConfig:

@@ -1,4 +1,4 @@
-"""Running the real command-line tools (dvc, bentoml, git) with this venv's binaries first on PATH."""
+"""Running the real tools (dvc, bentoml, git) with this venv's binaries first on PATH."""
 
 from __future__ import annotations
 

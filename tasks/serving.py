@@ -53,7 +53,10 @@ def start_server(project: Project, bento: str, port: int) -> Server:
     with log.open("wb") as out:  # one log per start: old failures must not count
         process = subprocess.Popen(
             [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
-            cwd=project.root, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=project.root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     server = Server(bento=bento, port=port, process=process, log=log)

@@ -1,0 +1,175 @@
+"""The `driftloop` command: a thin front door that parses input, calls tasks and renders results."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from driftloop.console import ConfigOption, console, failures, project
+
+app = typer.Typer(
+    help="driftloop: watch a served model for drift, retrain, approve, roll forward.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Validate the config (and its columns against the data) and print what it resolves to."""
+    from config.loader import check_columns
+
+    proj = project(config)
+    with failures():
+        check_columns(proj)
+        numeric, categorical = proj.features
+    cfg = proj.config
+    table = Table(title=f"{proj.path}", show_header=False)
+    table.add_row("model", cfg.project.name)
+    table.add_row("data", f"{cfg.data.path} (target {cfg.data.target!r}, {cfg.data.task})")
+    inferred = " (inferred)" if cfg.data.numeric is None else ""
+    table.add_row("numeric features" + inferred, ", ".join(numeric) or "-")
+    table.add_row("categorical features" + inferred, ", ".join(categorical) or "-")
+    table.add_row("estimator", f"{cfg.train.estimator} {cfg.train.params}")
+    table.add_row("metrics", f"{', '.join(cfg.metric_names)} (primary {cfg.primary_metric})")
+    console.print(table)
+    console.print("[green]config OK[/]")
+
+
+@app.command("data")
+def data(config: ConfigOption = None) -> None:
+    """Make the training data present and pushed: `dvc pull` it, or create it from data.source."""
+    from tasks.data import ensure_data
+
+    proj = project(config)
+    with failures():
+        state = ensure_data(proj)
+    console.print(f"data {state.path}: {state.action}, DVC md5 {state.md5}")
+
+
+@app.command("train")
+def train(config: ConfigOption = None) -> None:
+    """Run `dvc repro` (prepare -> train -> evaluate), the same pipeline a person runs by hand."""
+    from tasks.training import reproduce
+
+    proj = project(config)
+    with failures(), console.status("dvc repro ..."):
+        result = reproduce(proj)
+    console.print(f"stages run: {', '.join(result.stages_run) or 'none (up to date)'}")
+    console.print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
+
+
+@app.command("build")
+def build(config: ConfigOption = None) -> None:
+    """Save the trained model to BentoML's store and build a bento pinned to its exact tag."""
+    from tasks.package import build_bento, register_model
+
+    proj = project(config)
+    with failures(), console.status("bentoml build ..."):
+        bento = build_bento(proj, register_model(proj))
+    console.print(f"built [bold]{bento.tag}[/] serving model {bento.model_tag}")
+    for key, value in bento.labels.items():
+        console.print(f"  {key} = {value}")
+
+
+@app.command("serve")
+def serve(
+    bento: Annotated[str, typer.Argument(help="Exact bento tag NAME:VERSION.")],
+    port: Annotated[int | None, typer.Option(help="Port (default: first serving slot).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Serve a bento in the foreground until Ctrl-C, recorded as what is serving."""
+    from tasks.package import bento_info
+    from tasks.releases import Release, clear_serving, record_serving
+    from tasks.serving import start_server, stop_server
+
+    proj = project(config)
+    port = port or proj.config.serving.slot_ports[0]
+    with failures():
+        labels = bento_info(proj, bento).get("labels", {})
+        server = start_server(proj, bento, port)
+    record_serving(
+        proj,
+        Release(bento=bento, model_tag=labels.get("model_tag", "?"), url=server.url, labels=labels),
+    )
+    console.print(f"serving {bento} at {server.url} (Ctrl-C stops)")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(server)
+        clear_serving(proj)
+
+
+@app.command("lineage")
+def lineage(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """What is serving and where it came from: bento -> model -> data rev -> commit."""
+    from tasks.releases import read_serving
+
+    proj = project(config)
+    release = read_serving(proj)
+    if release is None:
+        console.print("nothing is serving (no release recorded)")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(release.model_dump(), indent=2))
+        return
+    render_lineage(release)
+
+
+def render_lineage(release) -> None:
+    labels = release.labels
+    table = Table(title="what is serving", show_header=False)
+    table.add_row("endpoint", release.url)
+    table.add_row("bento", release.bento)
+    table.add_row("model", release.model_tag)
+    table.add_row("data rev (DVC md5)", labels.get("data_rev", "?"))
+    dirty = " (uncommitted changes)" if labels.get("git_dirty") == "true" else ""
+    table.add_row("git commit", labels.get("git_commit", "?") + dirty)
+    table.add_row("params hash", labels.get("params_hash", "?"))
+    table.add_row("retrain run", labels.get("retrain_run", "- (built by hand)"))
+    table.add_row("approver", labels.get("approver", "- (initial release)"))
+    table.add_row("serving since", release.started_at)
+    console.print(table)
+
+
+@app.command("demo")
+def demo(
+    rows: Annotated[int, typer.Option(help="Sample predictions to send.")] = 5,
+    config: ConfigOption = None,
+) -> None:
+    """Run the loop as far as it exists: train, build, serve, predict, show lineage, stop."""
+    from driftloop.demo import run_demo
+
+    proj = project(config)
+    with failures():
+        run_demo(proj, rows=rows)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"driftloop {version('driftloop')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """driftloop keeps a model in production honest."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,46 @@
+"""Shared pieces of the front door: the --config option, loading, and error rendering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from config.loader import ENV_VAR, ConfigError, Project, load_project
+from tasks.commands import CommandError
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar=ENV_VAR,
+        help="Path to driftloop.yaml (default: config/driftloop.yaml).",
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def failures() -> Iterator[None]:
+    """Turn known failures into one clear message: exit 2 for config, 1 for a failed step."""
+    try:
+        yield
+    except ConfigError as exc:
+        err_console.print(f"[bold red]config error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except CommandError as exc:
+        err_console.print(f"[bold red]failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def project(config: Path | None) -> Project:
+    with failures():
+        return load_project(config)

@@ -1,0 +1,36 @@
+"""Training through DVC: `dvc repro` runs only the stages whose inputs changed."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from config.loader import Project
+from model import artifacts
+from tasks.commands import bin_path, run
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    stages_run: list[str]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def reproduce(project: Project) -> TrainingResult:
+    out = run(
+        [bin_path("dvc"), "repro"],
+        project.root,
+        hint="fix the failing stage above, then run `dvc repro` again",
+        timeout=3600,
+    )
+    stages = re.findall(r"Running stage '([^']+)'", out)
+    return TrainingResult(stages_run=stages, metrics=read_metrics(project))
+
+
+def read_metrics(project: Project) -> dict[str, float]:
+    path = project.resolve(artifacts.METRICS)
+    if not path.is_file():
+        return {}
+    payload = json.loads(path.read_text())
+    return {k: v for k, v in payload.items() if k in project.config.metric_names}
