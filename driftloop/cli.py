@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from typing import Annotated
 
 import typer
@@ -97,6 +98,7 @@ def serve(
         Release(bento=bento, model_tag=labels.get("model_tag", "?"), url=server.url, labels=labels),
     )
     console.print(f"serving {bento} at {server.url} (Ctrl-C stops)")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the server on SIGTERM too, never orphan it
     try:
         server.process.wait()
     except KeyboardInterrupt:
@@ -104,6 +106,10 @@ def serve(
     finally:
         stop_server(server)
         clear_serving(proj)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @app.command("lineage")

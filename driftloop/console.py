@@ -14,7 +14,7 @@ from config.loader import ENV_VAR, ConfigError, Project, load_project
 from tasks.commands import CommandError
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # errors stay one greppable line
 
 ConfigOption = Annotated[
     Path | None,

@@ -45,7 +45,11 @@ def git_state(root: Path) -> tuple[str, bool]:
     """(commit, dirty) of the repo at root; ("unknown", True) outside git."""
     try:
         commit = _git(root, "rev-parse", "HEAD")
-        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+        # dvc.lock is rewritten by `dvc repro` itself while the stages run
+        status = _git(
+            root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock"
+        )
+        dirty = bool(status)
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown", True
     return commit, dirty

@@ -90,7 +90,7 @@ def build_bento(
         "tag",
     ]
     for key, value in labels.items():
-        args += ["--label", f"{key}={_label_value(value)}"]
+        args += ["--label", f"{key}={value}"]
     out = run(
         args,
         project.root,
@@ -101,11 +101,6 @@ def build_bento(
     if not match:
         raise CommandError(f"`bentoml build` printed no tag:\n{out[-500:]}")
     return Bento(tag=match.group(1), model_tag=model_tag, labels=labels)
-
-
-def _label_value(value: str) -> str:
-    """Bento label values allow letters, digits, '-', '_' and '.' only."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(value))[:63] or "none"
 
 
 def bento_info(project: Project, tag: str) -> dict:

@@ -1,0 +1,82 @@
+"""A real `bentoml build` and `bentoml serve`: HTTP answers equal in-process ones, bad input 4xx."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import joblib
+import pandas as pd
+import pytest
+
+from config.loader import load_project
+from model.frames import feature_frame
+from tasks.package import bento_info, build_bento, register_model
+from tasks.serving import start_server, stop_server
+from tasks.traffic import sample_records
+from tests.support import free_port, sh
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def served(trained_project):
+    project = load_project(trained_project / "config/driftloop.yaml")
+    bento = build_bento(project, register_model(project))
+    server = start_server(project, bento.tag, free_port())
+    yield project, bento, server
+    stop_server(server)
+
+
+def test_http_predictions_equal_in_process(served):
+    project, bento, server = served
+    sample = sample_records(project, 50, seed=3)
+    answer = httpx.post(f"{server.url}/predict", json={"records": sample.records}).json()
+    pipeline = joblib.load(project.root / "artifacts/model/model.joblib")
+    numeric, categorical = project.features
+    expected = pipeline.predict(feature_frame(pd.DataFrame(sample.records), numeric, categorical))
+    assert answer["predictions"] == pytest.approx(expected.tolist(), rel=1e-9)
+    assert answer["model"] == bento.model_tag
+    assert answer["bento"] == bento.tag
+
+
+def test_bento_carries_lineage_and_the_exact_model(served):
+    project, bento, _ = served
+    info = bento_info(project, bento.tag)
+    meta = json.loads((project.root / "artifacts/model/meta.json").read_text())
+    labels = info["labels"]
+    assert labels["data_rev"] == meta["lineage"]["data_rev"]
+    assert labels["git_commit"] == sh(["git", "rev-parse", "HEAD"], project.root).stdout.strip()
+    assert labels["params_hash"] == meta["lineage"]["params_hash"]
+    assert labels["model_tag"] == bento.model_tag
+    assert info["args"]["model_tag"] == bento.model_tag
+    assert not bento.model_tag.endswith(":latest")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "needle"),
+    [
+        (lambda r: r.pop("hum"), 400, "missing column(s) ['hum']"),
+        (lambda r: r.update(rain=1), 400, "unexpected column(s) ['rain']"),
+        (lambda r: r.update(temp="warm"), 400, "column 'temp' must be a number"),
+        (lambda r: r.update(temp=None), 400, "column 'temp' is null"),
+    ],
+)
+def test_bad_records_get_4xx_naming_the_column(served, mutate, status, needle):
+    project, _, server = served
+    record = dict(sample_records(project, 1).records[0])
+    mutate(record)
+    response = httpx.post(f"{server.url}/predict", json={"records": [record]})
+    assert response.status_code == status
+    assert needle in response.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"records": []}, {"rows": []}, {"records": "x"}, {"records": [3]}],
+    ids=["empty", "wrong-field", "not-a-list", "not-objects"],
+)
+def test_malformed_bodies_get_4xx(served, body):
+    _, _, server = served
+    response = httpx.post(f"{server.url}/predict", json=body)
+    assert 400 <= response.status_code < 500, response.text

@@ -1,0 +1,75 @@
+"""Test helpers: fresh copies of the project, as a clone would be, and tools run in them."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def tool_env() -> dict[str, str]:
+    from tasks.commands import tool_env as env
+
+    return env()
+
+
+def sh(args: list[str], cwd: Path, check: bool = True, timeout: float = 600):
+    """Run a command in `cwd` with this venv first on PATH; returns the CompletedProcess."""
+    done = subprocess.run(
+        args, cwd=cwd, env=tool_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def copy_project(dest: Path) -> Path:
+    """What a fresh clone holds: tracked (and new, not ignored) files, a new git repo, no state."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    sh(["git", "init", "-q", "-b", "main"], dest)
+    sh(["git", "config", "user.email", "tests@driftloop.local"], dest)
+    sh(["git", "config", "user.name", "driftloop tests"], dest)
+    sh(["git", "add", "-A"], dest)
+    sh(["git", "commit", "-qm", "fresh clone"], dest)
+    (dest / ".driftloop" / "dvc-remote").mkdir(parents=True)
+    return dest
+
+
+def edit_config(root: Path, change: Callable[[dict], None], commit: bool = True) -> None:
+    """Change config/driftloop.yaml in a project copy (the only file a user edits)."""
+    path = root / "config" / "driftloop.yaml"
+    raw = yaml.safe_load(path.read_text())
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if commit:
+        sh(["git", "commit", "-qam", "config change"], root)
+
+
+def driftloop(root: Path, *args: str, check: bool = True, timeout: float = 600):
+    return sh([str(BIN / "driftloop"), *args], root, check=check, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
