@@ -118,6 +118,14 @@ class ServingConfig(Section):
     max_p95_latency_seconds: float = Field(0.5, gt=0)
 
 
+class CaptureConfig(Section):
+    """Where the service records predictions and labels for the monitor."""
+
+    path: str = Field(".driftloop/capture", description="Root of the dt=/hour= partitions.")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Share of requests recorded.")
+    flush_seconds: float = Field(1.0, gt=0, le=60, description="How often buffers hit disk.")
+
+
 class MonitorConfig(Section):
     interval_seconds: int = Field(300, ge=10, description="Schedule of the monitor deployment.")
     min_rows: int = Field(200, ge=1, description="Smaller windows get 'insufficient data'.")
@@ -129,6 +137,15 @@ class MonitorConfig(Section):
     )
 
 
+class StackConfig(Section):
+    """The local stack run by `driftloop up` under supervisord."""
+
+    work_pool: str = Field("driftloop-local", description="Prefect process work pool.")
+    worker_poll_seconds: int = Field(5, ge=1, le=60, description="How often the worker polls.")
+    scrape_interval_seconds: int = Field(15, ge=1, le=300)
+    ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for `up` per service.")
+
+
 class EndpointsConfig(Section):
     """Where each service listens; the local stack binds to these, clients call them."""
 
@@ -136,6 +153,7 @@ class EndpointsConfig(Section):
     pushgateway: str = "http://127.0.0.1:9091"
     prometheus: str = "http://127.0.0.1:9090"
     alertmanager: str = "http://127.0.0.1:9093"
+    worker: str = "http://127.0.0.1:8081"  # the Prefect worker's health endpoint
 
     @field_validator("*")
     @classmethod
@@ -158,8 +176,10 @@ class DriftloopConfig(Section):
     train: TrainConfig
     evaluate: EvaluateConfig = EvaluateConfig()
     serving: ServingConfig = ServingConfig()
+    capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
+    stack: StackConfig = StackConfig()
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> DriftloopConfig:

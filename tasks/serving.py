@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from config.loader import Project
+from model.capture import CAPTURE_DIR_ENV, FLUSH_SECONDS_ENV, SAMPLE_RATE_ENV
 from tasks.commands import CommandError, bin_path, tool_env
 from tasks.package import bentoml_home
 
@@ -44,12 +45,24 @@ def slot_home(project: Project, port: int) -> Path:
     return home
 
 
+def capture_env(project: Project) -> dict[str, str]:
+    """The service's capture settings, from config (see model/capture.py)."""
+    capture = project.config.capture
+    return {
+        CAPTURE_DIR_ENV: str(project.resolve(capture.path)),
+        SAMPLE_RATE_ENV: str(capture.sample_rate),
+        FLUSH_SECONDS_ENV: str(capture.flush_seconds),
+    }
+
+
 def start_server(project: Project, bento: str, port: int) -> Server:
     """Start `bentoml serve` for one bento on one loopback port; returns once it is ready."""
     home = slot_home(project, port)
     log = project.state_dir / "logs" / f"bento-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = tool_env({"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"})
+    env = tool_env(
+        {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **capture_env(project)}
+    )
     with log.open("wb") as out:  # one log per start: old failures must not count
         process = subprocess.Popen(
             [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)],
