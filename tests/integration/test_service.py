@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import joblib
@@ -80,3 +81,52 @@ def test_malformed_bodies_get_4xx(served, body):
     _, _, server = served
     response = httpx.post(f"{server.url}/predict", json=body)
     assert 400 <= response.status_code < 500, response.text
+
+
+def test_predictions_and_labels_are_captured(served):
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.capture import read_window
+
+    project, bento, server = served
+    sample = sample_records(project, 8, seed=5)
+    stamps = [f"2011-06-0{1 + i % 2}T12:00:00Z" for i in range(8)]
+    ids = [f"cap-{i}" for i in range(8)]
+    answer = httpx.post(
+        f"{server.url}/predict", json={"records": sample.records, "ids": ids, "timestamps": stamps}
+    ).json()
+    assert answer["ids"] == ids
+    minted = httpx.post(f"{server.url}/predict", json={"records": sample.records[:2]}).json()["ids"]
+    assert len(set(minted)) == 2 and not set(minted) & set(ids)
+    labels = [{"inference_id": i, "label": float(t)} for i, t in zip(ids[:4], sample.targets[:4])]
+    assert httpx.post(f"{server.url}/feedback", json={"labels": labels}).json() == {"accepted": 4}
+    start = datetime(2011, 6, 1, tzinfo=UTC)
+    deadline = time.monotonic() + 10
+    while (window := read_window(project, start, start + timedelta(days=2))).rows < 8:
+        assert time.monotonic() < deadline, "capture not flushed within 10 s"
+        time.sleep(0.2)
+    frame = window.frame.set_index("inference_id").loc[ids]
+    assert frame["prediction"].tolist() == pytest.approx(answer["predictions"])
+    assert frame["bento"].unique().tolist() == [bento.tag]
+    assert frame["temp"].tolist() == pytest.approx([r["temp"] for r in sample.records])
+    assert window.label_coverage == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"labels": [{"inference_id": "x"}]}, "expected an object with inference_id and label"),
+        ({"labels": [{"inference_id": "x", "label": "many"}]}, "must be a number"),
+    ],
+)
+def test_bad_labels_get_4xx(served, body, needle):
+    _, _, server = served
+    response = httpx.post(f"{server.url}/feedback", json=body)
+    assert response.status_code == 400 and needle in response.text
+
+
+def test_mismatched_ids_get_4xx(served):
+    project, _, server = served
+    records = sample_records(project, 2).records
+    response = httpx.post(f"{server.url}/predict", json={"records": records, "ids": ["one"]})
+    assert response.status_code == 400 and "ids has 1 entries for 2 records" in response.text

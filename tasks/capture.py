@@ -1,0 +1,97 @@
+"""Reading the capture store: a time window of predictions joined with the labels that arrived."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from config.loader import Project
+from model.capture import LABELS, PREDICTIONS, capture_schema
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    frame: pd.DataFrame  # feature columns, prediction, label (NaN until it arrives), meta
+    label_coverage: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.frame)
+
+
+def capture_root(project: Project) -> Path:
+    return project.resolve(project.config.capture.path)
+
+
+def read_window(project: Project, start: datetime, end: datetime) -> Window:
+    """Predictions with start <= timestamp < end, each with its label if one has arrived."""
+    numeric, categorical = project.features
+    schemas = capture_schema(numeric, categorical, project.config.data.task)
+    predictions = _read(capture_root(project) / PREDICTIONS, schemas[PREDICTIONS], start, end)
+    features = (
+        pd.DataFrame(
+            {
+                name: predictions.column("features").combine_chunks().field(name).to_pandas()
+                for name in numeric + categorical
+            }
+        )
+        if predictions.num_rows
+        else pd.DataFrame(columns=numeric + categorical)
+    )
+    frame = pd.concat(
+        [
+            features,
+            predictions.select(
+                ["inference_id", "timestamp", "bento", "model", "prediction"]
+            ).to_pandas(),
+        ],
+        axis=1,
+    )
+    labels = _read(capture_root(project) / LABELS, schemas[LABELS], start, None).to_pandas()
+    latest = labels.sort_values("timestamp").drop_duplicates("inference_id", keep="last")
+    frame = frame.merge(
+        latest[["inference_id", "label"]], on="inference_id", how="left", validate="many_to_one"
+    )
+    coverage = float(frame["label"].notna().mean()) if len(frame) else 0.0
+    return Window(start=start, end=end, frame=frame, label_coverage=coverage)
+
+
+def _read(root: Path, schema: pa.Schema, start: datetime, end: datetime | None) -> pa.Table:
+    """The rows of one capture table in [start, end), pruning partitions by day."""
+    if not root.is_dir():
+        return schema.empty_table()
+    dataset = ds.dataset(
+        root,
+        schema=schema,
+        format="parquet",
+        partitioning="hive",
+        exclude_invalid_files=True,
+        ignore_prefixes=[".", "_"],
+    )
+    time = ds.field("timestamp")
+    condition = time >= pa.scalar(start, type=schema.field("timestamp").type)
+    if end is not None:
+        condition &= time < pa.scalar(end, type=schema.field("timestamp").type)
+    files = [f for f in dataset.files if _day_in_range(f, start, end)]
+    if not files:
+        return schema.empty_table()
+    pruned = ds.dataset(files, schema=schema, format="parquet")
+    return pruned.to_table(filter=condition)
+
+
+def _day_in_range(path: str, start: datetime, end: datetime | None) -> bool:
+    """Partition pruning on dt=YYYY-MM-DD without listing rows."""
+    for part in Path(path).parts:
+        if part.startswith("dt="):
+            day = datetime.fromisoformat(part[3:]).date()
+            if day < start.date():
+                return False
+            return end is None or day <= (end - timedelta(microseconds=1)).date()
+    return True
