@@ -147,6 +147,52 @@ def render_lineage(release) -> None:
     console.print(table)
 
 
+@app.command("up")
+def up(config: ConfigOption = None) -> None:
+    """Start the local stack (Prefect, Pushgateway, Prometheus, Alertmanager, nginx); idempotent."""
+    from tasks import stack
+
+    proj = project(config)
+    with failures(), console.status("starting the stack ...") as spinner:
+        rows = stack.up(proj, progress=lambda text: spinner.update(text))
+    render_status(rows)
+    console.print(f"logs: {stack.log_dir(proj)}   stop with: driftloop down")
+
+
+@app.command("down")
+def down(config: ConfigOption = None) -> None:
+    """Stop everything `driftloop up` started, and nothing else."""
+    from tasks import stack
+
+    proj = project(config)
+    with failures():
+        stopped = stack.down(proj)
+    console.print("stack stopped" if stopped else "stack was not running")
+
+
+@app.command("status")
+def status(config: ConfigOption = None) -> None:
+    """A table of the stack's services: URL, state, pid, uptime, health."""
+    from tasks import stack
+
+    proj = project(config)
+    rows = stack.status(proj)
+    render_status(rows)
+    if not all(row.healthy for row in rows):
+        raise typer.Exit(3)
+
+
+def render_status(rows) -> None:
+    table = Table("service", "url", "state", "pid", "uptime", "health")
+    for row in rows:
+        colour = "green" if row.healthy else "red"
+        table.add_row(
+            row.name, row.url, f"[{colour}]{row.state}[/]", str(row.pid or "-"), row.uptime or "-",
+            f"[{colour}]{'ok' if row.healthy else 'down'}[/]",
+        )
+    console.print(table)
+
+
 @app.command("demo")
 def demo(
     rows: Annotated[int, typer.Option(help="Sample predictions to send.")] = 5,

@@ -98,7 +98,10 @@ def test_predictions_and_labels_are_captured(served):
     assert answer["ids"] == ids
     minted = httpx.post(f"{server.url}/predict", json={"records": sample.records[:2]}).json()["ids"]
     assert len(set(minted)) == 2 and not set(minted) & set(ids)
-    labels = [{"inference_id": i, "label": float(t)} for i, t in zip(ids[:4], sample.targets[:4])]
+    labels = [
+        {"inference_id": i, "label": float(t)}
+        for i, t in zip(ids[:4], sample.targets[:4], strict=True)
+    ]
     assert httpx.post(f"{server.url}/feedback", json={"labels": labels}).json() == {"accepted": 4}
     start = datetime(2011, 6, 1, tzinfo=UTC)
     deadline = time.monotonic() + 10
