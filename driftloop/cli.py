@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -147,6 +148,67 @@ def render_lineage(release) -> None:
     console.print(table)
 
 
+@app.command("replay")
+def replay(
+    file: Annotated[
+        Path | None, typer.Argument(help="csv/parquet of feature rows (default: data.source).")
+    ] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Endpoint (default: serving.host:serving.port).")
+    ] = None,
+    query: Annotated[str | None, typer.Option(help="pandas query selecting rows.")] = None,
+    speed: Annotated[
+        float, typer.Option(help="Event seconds per wall second (3600: an hour a second).")
+    ] = 3600,
+    batch: Annotated[int, typer.Option(min=1, help="Records per request.")] = 1,
+    label_delay_hours: Annotated[
+        float | None, typer.Option(help="Post labels this many event-hours later.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many rows.")] = None,
+    max_seconds: Annotated[float, typer.Option(help="Stop after this much wall time.")] = 600,
+    config: ConfigOption = None,
+) -> None:
+    """Send rows through the real HTTP endpoint in event-time order, labels following later."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.traffic import load_traffic
+    from tasks.traffic import replay as send
+
+    proj = project(config)
+    serving = proj.config.serving
+    url = url or f"http://{serving.host}:{serving.port}"
+    with failures():
+        sample = load_traffic(proj, file, query=query, limit=limit)
+    if not sample.records:
+        console.print("no rows to replay (check --query)")
+        raise typer.Exit(2)
+    times = sample.times or [
+        datetime.now(UTC) + timedelta(seconds=i) for i in range(len(sample.records))
+    ]
+    delay = None if label_delay_hours is None else timedelta(hours=label_delay_hours)
+    if delay is not None and not sample.targets:
+        console.print("no target column in the file: labels cannot follow")
+        raise typer.Exit(2)
+    with console.status(f"replaying {len(sample.records)} rows to {url} ...") as spinner:
+        stats = send(
+            url,
+            sample,
+            times,
+            speed=speed,
+            batch=batch,
+            label_delay=delay,
+            max_seconds=max_seconds,
+            on_batch=lambda st: spinner.update(
+                f"sent {st.sent}, failed {st.failed}, labels {st.labelled}"
+            ),
+        )
+    console.print(f"sent {stats.sent} rows, {stats.failed} failed, {stats.labelled} labels posted")
+    for error in stats.errors[:5]:
+        console.print(f"  [red]{error}[/]")
+    if stats.failed:
+        raise typer.Exit(1)
+
+
 @app.command("up")
 def up(config: ConfigOption = None) -> None:
     """Start the local stack (Prefect, Pushgateway, Prometheus, Alertmanager, nginx); idempotent."""
@@ -187,7 +249,11 @@ def render_status(rows) -> None:
     for row in rows:
         colour = "green" if row.healthy else "red"
         table.add_row(
-            row.name, row.url, f"[{colour}]{row.state}[/]", str(row.pid or "-"), row.uptime or "-",
+            row.name,
+            row.url,
+            f"[{colour}]{row.state}[/]",
+            str(row.pid or "-"),
+            row.uptime or "-",
             f"[{colour}]{'ok' if row.healthy else 'down'}[/]",
         )
     console.print(table)

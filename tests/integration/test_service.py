@@ -133,3 +133,34 @@ def test_mismatched_ids_get_4xx(served):
     records = sample_records(project, 2).records
     response = httpx.post(f"{server.url}/predict", json={"records": records, "ids": ["one"]})
     assert response.status_code == 400 and "ids has 1 entries for 2 records" in response.text
+
+
+def test_replay_sends_in_event_time_with_delayed_labels(served):
+    from datetime import timedelta
+
+    from tasks.capture import read_window
+    from tasks.traffic import load_traffic, replay
+
+    project, _, server = served
+    sample = load_traffic(project, query="mnth == 'Aug' and day <= 214")  # Aug 1-2: 48 rows
+    assert len(sample.records) == 48 and sample.times is not None
+    began = time.monotonic()
+    stats = replay(
+        server.url,
+        sample,
+        sample.times,
+        speed=48 * 3600 / 2,
+        batch=4,
+        label_delay=timedelta(hours=6),
+        max_seconds=30,
+    )
+    assert 1.5 < time.monotonic() - began < 30  # paced by event time, not as fast as possible
+    assert (stats.sent, stats.failed) == (48, 0)
+    assert stats.labelled == 48 - 6 - 3  # labels due within the replayed span only
+    deadline = time.monotonic() + 10
+    while (
+        window := read_window(project, sample.times[0], sample.times[-1] + timedelta(hours=1))
+    ).rows < 48:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert window.frame["label"].notna().sum() == stats.labelled
