@@ -146,6 +146,15 @@ class StackConfig(Section):
     ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for `up` per service.")
 
 
+class NotifyConfig(Section):
+    """Slack notices (token from SLACK_BOT_TOKEN; without one, notices go to the log)."""
+
+    channel: str = Field("#driftloop", description="Channel for notices and approval cards.")
+    timeout_seconds: float = Field(10, gt=0, le=120)
+    max_retries: int = Field(3, ge=0, le=10, description="On 429, 5xx and connection errors.")
+    top_columns: int = Field(5, ge=1, le=50, description="Drifted columns shown in a notice.")
+
+
 class EndpointsConfig(Section):
     """Where each service listens; the local stack binds to these, clients call them."""
 
@@ -154,6 +163,7 @@ class EndpointsConfig(Section):
     prometheus: str = "http://127.0.0.1:9090"
     alertmanager: str = "http://127.0.0.1:9093"
     worker: str = "http://127.0.0.1:8081"  # the Prefect worker's health endpoint
+    reports: str = "http://127.0.0.1:8090"  # nginx serving the Evidently HTML reports
 
     @field_validator("*")
     @classmethod
@@ -178,6 +188,7 @@ class DriftloopConfig(Section):
     serving: ServingConfig = ServingConfig()
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
+    notify: NotifyConfig = NotifyConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     stack: StackConfig = StackConfig()
 

@@ -1,0 +1,168 @@
+"""Slack notices: Block Kit messages, one thread per model per cycle, never blocking a flow.
+
+slack-sdk's own retry handlers deal with 429 (honouring Retry-After), 5xx and connection errors.
+Without a bot token, or when Slack stays down, the notice goes to the log instead and the
+caller gets `delivered=False`: a notice never fails the run that sends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from config.loader import Project
+from config.secrets import secrets
+
+log = logging.getLogger("driftloop.notify")
+
+
+class Notice(BaseModel):
+    text: str  # the fallback line: notifications, the log, screen readers
+    blocks: list[dict[str, Any]] = []
+
+
+class Delivery(BaseModel):
+    delivered: bool
+    channel: str
+    ts: str | None = None  # the message's id in Slack
+    thread_ts: str | None = None
+    error: str | None = None
+
+
+class Thread(BaseModel):
+    channel: str
+    ts: str
+    opened_at: str
+    reason: str
+
+
+def slack_client(project: Project) -> WebClient | None:
+    token = secrets().slack_bot_token
+    if token is None:
+        return None
+    retries = project.config.notify.max_retries
+    return WebClient(
+        token=token.get_secret_value(),
+        base_url=secrets().slack_api_url,
+        timeout=int(project.config.notify.timeout_seconds),
+        retry_handlers=[
+            RateLimitErrorRetryHandler(max_retry_count=retries),
+            ServerErrorRetryHandler(max_retry_count=retries),
+            ConnectionErrorRetryHandler(max_retry_count=retries),
+        ],
+    )
+
+
+def post_notice(project: Project, notice: Notice, thread_ts: str | None = None) -> Delivery:
+    """Post (or reply in a thread); on no token or failure, log the notice and say so."""
+    channel = project.config.notify.channel
+    client = slack_client(project)
+    if client is None:
+        log.info("notice (no SLACK_BOT_TOKEN, not sent to Slack):\n%s", as_text(notice))
+        return Delivery(delivered=False, channel=channel, thread_ts=thread_ts, error="no token")
+    try:
+        reply = client.chat_postMessage(
+            channel=channel,
+            text=notice.text,
+            blocks=notice.blocks or None,
+            thread_ts=thread_ts,
+            unfurl_links=False,
+        )
+    except (SlackApiError, SlackClientError, OSError) as exc:
+        reason = _reason(exc)
+        log.warning("Slack notice failed (%s); the notice was:\n%s", reason, as_text(notice))
+        return Delivery(delivered=False, channel=channel, thread_ts=thread_ts, error=reason)
+    return Delivery(
+        delivered=True,
+        channel=reply.get("channel", channel),
+        ts=reply.get("ts"),
+        thread_ts=thread_ts,
+    )
+
+
+def update_notice(project: Project, channel: str, ts: str, notice: Notice) -> Delivery:
+    """Edit a message in place (an approval card showing its outcome)."""
+    client = slack_client(project)
+    if client is None:
+        log.info("update (no SLACK_BOT_TOKEN):\n%s", as_text(notice))
+        return Delivery(delivered=False, channel=channel, ts=ts, error="no token")
+    try:
+        client.chat_update(channel=channel, ts=ts, text=notice.text, blocks=notice.blocks or None)
+    except (SlackApiError, SlackClientError, OSError) as exc:
+        log.warning("Slack update failed (%s):\n%s", _reason(exc), as_text(notice))
+        return Delivery(delivered=False, channel=channel, ts=ts, error=_reason(exc))
+    return Delivery(delivered=True, channel=channel, ts=ts)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError):
+        return f"Slack said {exc.response.status_code} {exc.response.get('error', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def as_text(notice: Notice) -> str:
+    """The notice as plain text, for the log and the terminal."""
+    lines = [notice.text]
+    for block in notice.blocks:
+        if block.get("type") in ("section", "header", "context"):
+            text = block.get("text") or {}
+            if text.get("text") and text["text"] != notice.text:
+                lines.append(text["text"])
+            for item in block.get("fields", []) + block.get("elements", []):
+                if isinstance(item, dict) and item.get("text"):
+                    lines.append("  " + item["text"])
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- one thread per cycle
+
+
+def _threads_file(project: Project):
+    return project.state_dir / "slack_threads.json"
+
+
+def current_thread(project: Project) -> Thread | None:
+    path = _threads_file(project)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text()).get(project.config.project.name)
+    return Thread.model_validate(data) if data else None
+
+
+def open_thread(project: Project, delivery: Delivery, reason: str) -> Thread | None:
+    """Remember the message that starts a cycle; later notices of the cycle reply to it."""
+    if not delivery.delivered or delivery.ts is None:
+        return None
+    thread = Thread(
+        channel=delivery.channel,
+        ts=delivery.ts,
+        reason=reason,
+        opened_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    _write_thread(project, thread.model_dump())
+    return thread
+
+
+def close_thread(project: Project) -> None:
+    _write_thread(project, None)
+
+
+def _write_thread(project: Project, value: dict | None) -> None:
+    path = _threads_file(project)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[project.config.project.name] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
