@@ -146,6 +146,17 @@ class StackConfig(Section):
     ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for `up` per service.")
 
 
+class PolicyConfig(Section):
+    """When the monitor starts a retrain."""
+
+    consecutive_windows: int = Field(2, ge=1, description="Bad windows in a row that trigger.")
+    on: list[Literal["dataset_drift", "quality"]] = Field(
+        default_factory=lambda: ["dataset_drift", "quality"],
+        description="What makes a window bad.",
+    )
+    cooldown_seconds: int = Field(3600, ge=0, description="Quiet time after a trigger.")
+
+
 class NotifyConfig(Section):
     """Slack notices (token from SLACK_BOT_TOKEN; without one, notices go to the log)."""
 
@@ -188,6 +199,7 @@ class DriftloopConfig(Section):
     serving: ServingConfig = ServingConfig()
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
+    policy: PolicyConfig = PolicyConfig()
     notify: NotifyConfig = NotifyConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     stack: StackConfig = StackConfig()

@@ -1,0 +1,64 @@
+"""The retrain policy: a pure decision over recent windows, cooldown and open requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from config.schema import PolicyConfig
+
+
+@dataclass(frozen=True)
+class WindowOutcome:
+    """What one monitor window said, as far as the policy cares."""
+
+    dataset_drift: bool
+    quality_breached: bool
+    usable: bool = True  # bad data is reported, never a reason to retrain
+
+
+@dataclass(frozen=True)
+class Trigger:
+    fire: bool
+    reason: str
+
+
+def is_bad(policy: PolicyConfig, window: WindowOutcome) -> bool:
+    return window.usable and (
+        ("dataset_drift" in policy.on and window.dataset_drift)
+        or ("quality" in policy.on and window.quality_breached)
+    )
+
+
+def decide(
+    policy: PolicyConfig,
+    history: list[WindowOutcome],
+    now: datetime,
+    last_trigger: datetime | None = None,
+    open_request: str | None = None,
+) -> Trigger:
+    """Fire when the newest `consecutive_windows` windows are all bad, unless a retrain is
+    already open (running or awaiting approval) or the cooldown has not passed."""
+    n = policy.consecutive_windows
+    recent = history[-n:]
+    bad = sum(is_bad(policy, w) for w in recent)
+    if len(recent) < n or bad < n:
+        return Trigger(False, f"{bad} of the last {n} windows bad; {n} in a row trigger")
+    if open_request:
+        return Trigger(False, f"a retrain is already open ({open_request}); not starting another")
+    if last_trigger is not None and now - last_trigger < timedelta(seconds=policy.cooldown_seconds):
+        left = timedelta(seconds=policy.cooldown_seconds) - (now - last_trigger)
+        return Trigger(
+            False,
+            f"cooling down: last retrain {last_trigger:%Y-%m-%d %H:%M} UTC, "
+            f"{int(left.total_seconds())} s to go",
+        )
+    reasons = sorted(
+        {
+            r
+            for w in recent
+            for r, hit in (("dataset drift", w.dataset_drift), ("quality", w.quality_breached))
+            if hit
+        }
+    )
+    return Trigger(True, f"{n} bad windows in a row ({', '.join(reasons)})")

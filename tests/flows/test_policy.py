@@ -1,0 +1,50 @@
+"""The retrain policy, table-driven: consecutive windows, cooldown, one open request."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from config.schema import PolicyConfig
+from flows.policy import WindowOutcome, decide
+
+NOW = datetime(2011, 5, 1, 12, tzinfo=UTC)
+OK = WindowOutcome(dataset_drift=False, quality_breached=False)
+DRIFT = WindowOutcome(dataset_drift=True, quality_breached=False)
+WORSE = WindowOutcome(dataset_drift=False, quality_breached=True)
+BAD_DATA = WindowOutcome(dataset_drift=True, quality_breached=True, usable=False)
+POLICY = PolicyConfig(consecutive_windows=2, cooldown_seconds=3600)
+
+
+@pytest.mark.parametrize(
+    ("history", "last", "open_request", "fire", "says"),
+    [
+        ([], None, None, False, "0 of the last 2 windows bad"),
+        ([DRIFT], None, None, False, "1 of the last 2 windows bad"),
+        ([OK, DRIFT], None, None, False, "1 of the last 2"),
+        ([DRIFT, OK], None, None, False, "1 of the last 2"),
+        ([DRIFT, DRIFT], None, None, True, "2 bad windows in a row (dataset drift)"),
+        ([DRIFT, WORSE], None, None, True, "(dataset drift, quality)"),
+        ([OK, DRIFT, DRIFT], None, None, True, "2 bad windows in a row"),
+        ([DRIFT, BAD_DATA], None, None, False, "1 of the last 2"),
+        ([DRIFT, DRIFT], None, "retrain run abc", False, "already open (retrain run abc)"),
+        ([DRIFT, DRIFT], NOW - timedelta(minutes=30), None, False, "cooling down"),
+        ([DRIFT, DRIFT], NOW - timedelta(minutes=61), None, True, "2 bad windows in a row"),
+    ],
+)
+def test_decide(history, last, open_request, fire, says):
+    trigger = decide(POLICY, history, NOW, last_trigger=last, open_request=open_request)
+    assert trigger.fire is fire
+    assert says in trigger.reason
+
+
+def test_only_configured_reasons_count():
+    drift_only = PolicyConfig(consecutive_windows=1, on=["dataset_drift"])
+    assert not decide(drift_only, [WORSE], NOW).fire
+    assert decide(drift_only, [DRIFT], NOW).fire
+
+
+def test_cooldown_message_says_how_long():
+    trigger = decide(POLICY, [DRIFT, DRIFT], NOW, last_trigger=NOW - timedelta(minutes=59))
+    assert "60 s to go" in trigger.reason
