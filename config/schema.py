@@ -150,7 +150,7 @@ class PolicyConfig(Section):
     """When the monitor starts a retrain."""
 
     consecutive_windows: int = Field(2, ge=1, description="Bad windows in a row that trigger.")
-    on: list[Literal["dataset_drift", "quality"]] = Field(
+    triggers: list[Literal["dataset_drift", "quality"]] = Field(
         default_factory=lambda: ["dataset_drift", "quality"],
         description="What makes a window bad.",
     )

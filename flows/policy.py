@@ -25,8 +25,8 @@ class Trigger:
 
 def is_bad(policy: PolicyConfig, window: WindowOutcome) -> bool:
     return window.usable and (
-        ("dataset_drift" in policy.on and window.dataset_drift)
-        or ("quality" in policy.on and window.quality_breached)
+        ("dataset_drift" in policy.triggers and window.dataset_drift)
+        or ("quality" in policy.triggers and window.quality_breached)
     )
 
 

@@ -124,7 +124,7 @@ def test_missing_data_file_says_how_to_get_it(tmp_path):
 def test_features_inferred_when_omitted(tmp_path):
     def change(raw):
         del raw["data"]["numeric"], raw["data"]["categorical"]
-        raw["data"].update(target="y", drop=[])
+        raw["data"].update(target="y", drop=[], timestamp_column=None)
 
     path = write(tmp_path, change)
     (tmp_path / "data").mkdir()

@@ -40,7 +40,7 @@ def test_decide(history, last, open_request, fire, says):
 
 
 def test_only_configured_reasons_count():
-    drift_only = PolicyConfig(consecutive_windows=1, on=["dataset_drift"])
+    drift_only = PolicyConfig(consecutive_windows=1, triggers=["dataset_drift"])
     assert not decide(drift_only, [WORSE], NOW).fire
     assert decide(drift_only, [DRIFT], NOW).fire
 
