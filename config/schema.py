@@ -144,6 +144,9 @@ class StackConfig(Section):
     worker_poll_seconds: int = Field(5, ge=1, le=60, description="How often the worker polls.")
     scrape_interval_seconds: int = Field(15, ge=1, le=300)
     ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for `up` per service.")
+    extra_rule_files: list[str] = Field(
+        default_factory=list, description="Your own Prometheus rule files, checked by promtool."
+    )
 
 
 class PolicyConfig(Section):

@@ -209,6 +209,18 @@ def replay(
         raise typer.Exit(1)
 
 
+@app.command("render")
+def render(config: ConfigOption = None) -> None:
+    """Re-render deployments/ (rules, rule tests, Alertmanager, Grafana, compose) from config."""
+    from tasks.render import write_deployments
+
+    proj = project(config)
+    with failures():
+        written = write_deployments(proj, proj.root / "deployments")
+    for path in written:
+        console.print(f"wrote {path.relative_to(proj.root)}")
+
+
 @app.command("up")
 def up(config: ConfigOption = None) -> None:
     """Start the local stack (Prefect, Pushgateway, Prometheus, Alertmanager, nginx); idempotent."""

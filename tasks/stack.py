@@ -1,0 +1,577 @@
+"""The local stack under supervisord: Prefect server and worker, Pushgateway, Prometheus,
+Alertmanager and nginx, each on the port config names, each with a health check and a log.
+
+supervisord does the supervising; this module only renders its config, checks what would make
+a start fail (missing binary, busy port, invalid config) and waits for health with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from config.loader import Project
+from tasks.commands import CommandError, bin_path, tool_env
+
+
+class StackError(CommandError):
+    """A service could not start; the message names it, the reason and its log."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    url: str  # what a person opens
+    health: str  # answers 200 when the service is ready
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    binary: str = ""
+    apt_package: str = ""
+
+    @property
+    def port(self) -> int:
+        return int(urlsplit(self.health).port)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    url: str
+    state: str
+    pid: int | None
+    uptime: str
+    healthy: bool
+
+
+def stack_dir(project: Project) -> Path:
+    return project.state_dir / "stack"
+
+
+def reports_dir(project: Project) -> Path:
+    return project.state_dir / "reports"
+
+
+def log_dir(project: Project) -> Path:
+    return project.state_dir / "logs"
+
+
+def prefect_env(project: Project) -> dict[str, str]:
+    """Prefect settings for every process of the loop: this server, SQLite under .driftloop/."""
+    return {
+        "PREFECT_HOME": str(project.state_dir / "prefect"),
+        "PREFECT_API_URL": project.config.endpoints.prefect + "/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": project.config.endpoints.prefect + "/api",
+        "DO_NOT_TRACK": "1",
+    }
+
+
+def services(project: Project) -> list[Service]:
+    ep = project.config.endpoints
+    stack, state = stack_dir(project), project.state_dir
+    prefect_url = urlsplit(ep.prefect)
+    worker_url = urlsplit(ep.worker)
+    nginx_url = f"http://{project.config.serving.host}:{project.config.serving.port}"
+    return [
+        Service(
+            "prefect-server",
+            ep.prefect,
+            ep.prefect + "/api/health",
+            [
+                bin_path("prefect"),
+                "server",
+                "start",
+                "--host",
+                prefect_url.hostname,
+                "--port",
+                str(prefect_url.port),
+                "--analytics-off",
+            ],
+            env=prefect_env(project),
+            binary=bin_path("prefect"),
+        ),
+        Service(
+            "prefect-worker",
+            f"{ep.prefect}/work-pools/work-pool/{project.config.stack.work_pool}",
+            ep.worker + "/health",
+            [
+                bin_path("prefect"),
+                "worker",
+                "start",
+                "--pool",
+                project.config.stack.work_pool,
+                "--type",
+                "process",
+                "--name",
+                f"{project.config.project.name}-local",
+                "--with-healthcheck",
+            ],
+            env={
+                **prefect_env(project),
+                "PREFECT_WORKER_QUERY_SECONDS": str(project.config.stack.worker_poll_seconds),
+                "PREFECT_WORKER_WEBSERVER_HOST": worker_url.hostname,
+                "PREFECT_WORKER_WEBSERVER_PORT": str(worker_url.port),
+                "DRIFTLOOP_ROOT": str(project.root),
+                "DRIFTLOOP_CONFIG": str(project.path),
+            },
+            binary=bin_path("prefect"),
+        ),
+        Service(
+            "pushgateway",
+            ep.pushgateway,
+            ep.pushgateway + "/-/ready",
+            [
+                "prometheus-pushgateway",
+                f"--web.listen-address={_hostport(ep.pushgateway)}",
+                f"--persistence.file={state / 'pushgateway' / 'metrics.db'}",
+                "--persistence.interval=30s",
+            ],
+            binary="prometheus-pushgateway",
+            apt_package="prometheus-pushgateway",
+        ),
+        Service(
+            "prometheus",
+            ep.prometheus,
+            ep.prometheus + "/-/ready",
+            [
+                "prometheus",
+                f"--config.file={stack / 'prometheus.yml'}",
+                f"--storage.tsdb.path={state / 'prometheus'}",
+                f"--web.listen-address={_hostport(ep.prometheus)}",
+                f"--web.external-url={ep.prometheus}",
+                "--web.enable-lifecycle",
+            ],
+            binary="prometheus",
+            apt_package="prometheus",
+        ),
+        Service(
+            "alertmanager",
+            ep.alertmanager,
+            ep.alertmanager + "/-/ready",
+            [
+                "prometheus-alertmanager",
+                f"--config.file={stack / 'alertmanager.yml'}",
+                f"--storage.path={state / 'alertmanager'}",
+                f"--web.listen-address={_hostport(ep.alertmanager)}",
+                f"--web.external-url={ep.alertmanager}",
+                "--cluster.listen-address=",
+            ],
+            binary="prometheus-alertmanager",
+            apt_package="prometheus-alertmanager",
+        ),
+        Service(
+            "nginx",
+            nginx_url,
+            nginx_url + "/nginx-health",
+            [
+                "nginx",
+                "-p",
+                str(stack / "nginx"),
+                "-c",
+                str(stack / "nginx" / "nginx.conf"),
+                "-g",
+                "daemon off;",
+            ],
+            binary="nginx",
+            apt_package="nginx",
+        ),
+    ]
+
+
+def _hostport(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}"
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def render(project: Project) -> Path:
+    """Write every config the stack runs with under .driftloop/stack; returns supervisord.conf."""
+    from tasks.render import write_runtime
+
+    stack = stack_dir(project)
+    for sub in ("nginx", "secrets"):
+        (stack / sub).mkdir(parents=True, exist_ok=True)
+    log_dir(project).mkdir(parents=True, exist_ok=True)
+    for sub in ("prometheus", "alertmanager", "pushgateway", "prefect", "reports"):
+        (project.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    write_runtime(project, stack, slack_webhook_file(project))
+    render_nginx(project)
+    conf = stack / "supervisord.conf"
+    conf.write_text(supervisord_conf(project))
+    return conf
+
+
+def slack_webhook_file(project: Project) -> Path | None:
+    """Alertmanager reads the webhook from a 0600 file written from the environment, never git."""
+    url = os.environ.get("SLACK_WEBHOOK_URL", "").strip()
+    path = stack_dir(project) / "secrets" / "slack_webhook_url"
+    if not url:
+        path.unlink(missing_ok=True)
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(url)
+    return path
+
+
+def render_nginx(project: Project) -> None:
+    """nginx in front of the serving slots; the upstream lives in its own file for swaps."""
+    nginx = stack_dir(project) / "nginx"
+    for temp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (nginx / "temp" / temp).mkdir(parents=True, exist_ok=True)
+    upstream = nginx / "upstream.conf"
+    if not upstream.exists():  # a later swap rewrites it; `up` must not undo a swap
+        write_upstream(project, project.config.serving.slot_ports[0])
+    serving = project.config.serving
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (nginx / "nginx.conf").write_text(
+        f"""# rendered by driftloop from config/driftloop.yaml (serving.*); do not edit
+{user}worker_processes 1;
+pid {nginx / "nginx.pid"};
+error_log {log_dir(project) / "nginx-error.log"} warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {log_dir(project) / "nginx-access.log"};
+    client_body_temp_path {nginx / "temp/client_body"};
+    proxy_temp_path {nginx / "temp/proxy"};
+    fastcgi_temp_path {nginx / "temp/fastcgi"};
+    uwsgi_temp_path {nginx / "temp/uwsgi"};
+    scgi_temp_path {nginx / "temp/scgi"};
+    include {upstream};
+    server {{  # Evidently HTML reports, linked from Slack notices and Prefect artifacts
+        listen {_hostport(project.config.endpoints.reports)};
+        root {reports_dir(project)};
+        autoindex on;
+        location = /nginx-health {{ access_log off; return 200 "ok\n"; }}
+    }}
+    server {{
+        listen {serving.host}:{serving.port};
+        location = /nginx-health {{ access_log off; return 200 "ok\\n"; }}
+        location / {{
+            proxy_pass http://bento_active;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Request-ID $request_id;
+            proxy_next_upstream error timeout http_502 http_503;
+            proxy_read_timeout 60s;
+        }}
+    }}
+}}
+"""
+    )
+
+
+def write_upstream(project: Project, port: int) -> Path:
+    path = stack_dir(project) / "nginx" / "upstream.conf"
+    tmp = path.with_suffix(".new")
+    tmp.write_text(f"upstream bento_active {{ server 127.0.0.1:{port}; keepalive 32; }}\n")
+    tmp.replace(path)  # atomic: nginx never reads half a file
+    return path
+
+
+def supervisord_conf(project: Project) -> str:
+    stack = stack_dir(project)
+    lines = [
+        "; rendered by driftloop from config/driftloop.yaml; do not edit",
+        "[unix_http_server]",
+        f"file={stack / 'supervisor.sock'}",
+        "chmod=0700",
+        "[supervisord]",
+        f"logfile={log_dir(project) / 'supervisord.log'}",
+        f"pidfile={stack / 'supervisord.pid'}",
+        f"childlogdir={log_dir(project)}",
+        f"directory={project.root}",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]",
+        f"serverurl=unix://{stack / 'supervisor.sock'}",
+    ]
+    base_env = tool_env()
+    for priority, svc in enumerate(services(project), start=1):
+        env = {"PATH": base_env["PATH"], "HOME": os.environ.get("HOME", "/root"), **svc.env}
+        lines += [
+            f"[program:{svc.name}]",
+            "command=" + " ".join(_quote(part) for part in svc.command),
+            f"priority={priority}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=2",
+            "startretries=5",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "stopwaitsecs=15",
+            "redirect_stderr=true",
+            f"stdout_logfile={log_dir(project) / (svc.name + '.log')}",
+            "stdout_logfile_maxbytes=10MB",
+            "stdout_logfile_backups=2",
+            "environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in env.items()),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(part: str) -> str:
+    if re.fullmatch(r"[\w@%+=:,./-]+", part):
+        return part
+    return '"' + part.replace('"', '\\"') + '"'
+
+
+def _escape(value: str) -> str:
+    return value.replace("%", "%%").replace('"', '\\"')
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def check_binaries(project: Project) -> None:
+    for svc in services(project):
+        if not (shutil.which(svc.binary) or Path(svc.binary).exists()):
+            package = svc.apt_package or "the Python dependencies"
+            raise StackError(
+                f"{svc.name}: binary `{svc.binary}` not found; run `make setup` "
+                f"(installs {package})"
+            )
+
+
+def check_ports(project: Project, running: set[str]) -> None:
+    """Every port a stopped service needs must be free (ours that already run are fine)."""
+    for svc in services(project):
+        if svc.name in running:
+            continue
+        host = urlsplit(svc.health).hostname
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, svc.port))
+            except OSError:
+                raise StackError(
+                    f"{svc.name}: port {svc.port} on {host} is in use by another process; "
+                    f"stop it or change that port in {project.path.name}"
+                ) from None
+
+
+def check_configs(project: Project) -> None:
+    """promtool, amtool and nginx -t on the rendered files: a bad file never starts."""
+    stack = stack_dir(project)
+    checks = [
+        (
+            "prometheus",
+            ["promtool", "check", "config", str(stack / "prometheus.yml")],
+            stack / "prometheus.yml",
+        ),
+        (
+            "alertmanager",
+            ["amtool", "check-config", str(stack / "alertmanager.yml")],
+            stack / "alertmanager.yml",
+        ),
+        (
+            "nginx",
+            [
+                "nginx",
+                "-t",
+                "-q",
+                "-p",
+                str(stack / "nginx"),
+                "-c",
+                str(stack / "nginx" / "nginx.conf"),
+            ],
+            stack / "nginx" / "nginx.conf",
+        ),
+    ]
+    for name, args, path in checks:
+        done = subprocess.run(args, capture_output=True, text=True, env=tool_env())
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise StackError(f"{name}: config invalid ({path}):\n  " + "\n  ".join(detail))
+
+
+# ---------------------------------------------------------------- control
+
+
+def supervisorctl(project: Project, *args: str, check: bool = False) -> subprocess.CompletedProcess:
+    conf = stack_dir(project) / "supervisord.conf"
+    done = subprocess.run(
+        [bin_path("supervisorctl"), "-c", str(conf), *args],
+        capture_output=True,
+        text=True,
+        env=tool_env(),
+        timeout=120,
+    )
+    if check and done.returncode not in (0, 3):  # 3: some program not running (status)
+        raise StackError(f"supervisorctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
+    return done
+
+
+def supervisor_pid(project: Project) -> int | None:
+    """The pid of our supervisord if it is alive; None otherwise."""
+    pidfile = stack_dir(project) / "supervisord.pid"
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+    return pid
+
+
+def program_states(project: Project) -> dict[str, tuple[str, int | None, str]]:
+    """name -> (state, pid, uptime) from `supervisorctl status`."""
+    if supervisor_pid(project) is None:
+        return {}
+    out = supervisorctl(project, "status").stdout
+    states = {}
+    for line in out.splitlines():
+        match = re.match(r"(\S+)\s+([A-Z]+)\s*(.*)", line)
+        if not match:
+            continue
+        name, state, rest = match.groups()
+        pid = re.search(r"pid (\d+)", rest)
+        uptime = re.search(r"uptime (\S+)", rest)
+        states[name] = (
+            state,
+            int(pid.group(1)) if pid else None,
+            uptime.group(1) if uptime else "",
+        )
+    return states
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def up(project: Project, progress: Callable[[str], None] = lambda _: None) -> list[ServiceStatus]:
+    """Start (or complete) the stack and wait until every service answers its health check."""
+    check_binaries(project)
+    already = supervisor_pid(project) is not None
+    running = {n for n, (s, _, _) in program_states(project).items() if s == "RUNNING"}
+    check_ports(project, running)
+    conf = render(project)
+    check_configs(project)
+    try:
+        if already:
+            progress("supervisord already running: applying config")
+            supervisorctl(project, "update", check=True)
+            supervisorctl(project, "start", "all")
+            reload_configs(project)
+        else:
+            progress("starting supervisord")
+            subprocess.run(
+                [bin_path("supervisord"), "-c", str(conf)],
+                check=True,
+                env=tool_env(),
+                capture_output=True,
+                text=True,
+            )
+        for svc in services(project):
+            progress(f"waiting for {svc.name} ({svc.health})")
+            wait_healthy(project, svc)
+            if svc.name == "prefect-server":
+                ensure_work_pool(project)
+    except (StackError, subprocess.CalledProcessError) as exc:
+        if not already:
+            down(project)  # nothing half-started is left running
+        if isinstance(exc, subprocess.CalledProcessError):
+            raise StackError(f"supervisord failed to start: {exc.stderr or exc.stdout}") from None
+        raise
+    return status(project)
+
+
+def reload_configs(project: Project) -> None:
+    """Running Prometheus/Alertmanager/nginx pick up re-rendered files without a restart."""
+    ep = project.config.endpoints
+    for url in (ep.prometheus + "/-/reload", ep.alertmanager + "/-/reload"):
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(url, timeout=10)
+    supervisorctl(project, "signal", "HUP", "nginx")
+
+
+def wait_healthy(project: Project, svc: Service) -> None:
+    deadline = time.monotonic() + project.config.stack.ready_timeout_seconds
+    log = log_dir(project) / f"{svc.name}.log"
+    while time.monotonic() < deadline:
+        if healthy(svc.health):
+            return
+        state = program_states(project).get(svc.name, ("UNKNOWN", None, ""))[0]
+        if state == "FATAL":  # supervisord gave up after its retries
+            raise StackError(f"{svc.name}: exited and will not restart; see {log}:\n{_tail(log)}")
+        time.sleep(0.5)
+    raise StackError(
+        f"{svc.name}: not healthy at {svc.health} after "
+        f"{project.config.stack.ready_timeout_seconds:.0f} s; see {log}:\n{_tail(log)}"
+    )
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return "  (no log yet)"
+    return "\n".join("  " + line for line in text[-lines:])
+
+
+def ensure_work_pool(project: Project) -> None:
+    """The process work pool the worker polls and deployments target; created if missing."""
+    pool = project.config.stack.work_pool
+    env = tool_env(prefect_env(project))
+    prefect = bin_path("prefect")
+    inspect = subprocess.run(
+        [prefect, "work-pool", "inspect", pool], capture_output=True, text=True, env=env
+    )
+    if inspect.returncode == 0:
+        return
+    created = subprocess.run(
+        [prefect, "--no-prompt", "work-pool", "create", pool, "--type", "process"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if created.returncode != 0 and "already exists" not in created.stdout + created.stderr:
+        raise StackError(f"prefect-worker: cannot create work pool {pool!r}: {created.stdout}")
+
+
+def down(project: Project, timeout: float = 60) -> bool:
+    """Stop supervisord and everything it started; True if something was running."""
+    pid = supervisor_pid(project)
+    if pid is None:
+        return False
+    supervisorctl(project, "shutdown")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    raise StackError(f"supervisord (pid {pid}) did not stop within {timeout:.0f} s")
+
+
+def status(project: Project) -> list[ServiceStatus]:
+    states = program_states(project)
+    rows = []
+    for svc in services(project):
+        state, pid, uptime = states.get(svc.name, ("STOPPED", None, ""))
+        rows.append(
+            ServiceStatus(
+                name=svc.name,
+                url=svc.url,
+                state=state,
+                pid=pid,
+                uptime=uptime,
+                healthy=state == "RUNNING" and healthy(svc.health),
+            )
+        )
+    return rows
