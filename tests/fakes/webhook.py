@@ -1,4 +1,4 @@
-"""A local HTTP endpoint that records JSON posts: Slack's incoming-webhook side, for Alertmanager."""
+"""A local HTTP endpoint recording JSON posts: Slack's incoming-webhook side, for Alertmanager."""
 
 from __future__ import annotations
 

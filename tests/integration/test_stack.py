@@ -1,4 +1,4 @@
-"""`driftloop up | status | down` with the real binaries under supervisord, and its failure paths."""
+"""`driftloop up | status | down` with the real binaries under supervisord, and failure paths."""
 
 from __future__ import annotations
 
