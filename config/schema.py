@@ -135,6 +135,15 @@ class MonitorConfig(Section):
     quality_limit: float | None = Field(
         None, description="Alert when the primary metric is worse than this on labelled traffic."
     )
+    min_labels: int = Field(50, ge=1, description="Labelled rows needed to judge quality.")
+    max_nan_share: float = Field(0.05, ge=0, le=1, description="NaN share that is reported.")
+    method: str | None = Field(None, description="Evidently stattest for every column.")
+    num_method: str | None = Field(None, description="... for numeric columns.")
+    cat_method: str | None = Field(None, description="... for categorical columns.")
+    per_column_method: dict[str, str] = Field(default_factory=dict)
+    threshold: float | None = Field(None, description="Stattest threshold (None: its default).")
+    report_sample_rows: int = Field(100_000, ge=1001, description="Rows in the HTML report.")
+    workers: int = Field(2, ge=1, le=64, description="Threads computing column drift.")
 
 
 class StackConfig(Section):

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from driftloop.check_cmd import check
 from driftloop.console import ConfigOption, console, failures, project
 
 app = typer.Typer(
@@ -207,6 +208,9 @@ def replay(
         console.print(f"  [red]{error}[/]")
     if stats.failed:
         raise typer.Exit(1)
+
+
+app.command("check")(check)
 
 
 @app.command("render")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
 
 from config.loader import ConfigError, Project
 from model.frames import read_table, write_table
@@ -65,3 +70,42 @@ def _try_pull(project: Project) -> bool:
     except CommandError:
         return False
     return project.data_path.is_file()
+
+
+class DataRevError(CommandError):
+    """A data version cannot be read back intact; the message names it and the fix."""
+
+
+def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> pd.DataFrame:
+    """The training data exactly as it was at `md5`: from the DVC cache, else through DVC at the
+    commit that recorded it (fetching from the remote). The bytes are checked against md5."""
+    rel = project.config.data.path
+    raw = _cached_bytes(project, md5)
+    if raw is None and git_commit and git_commit != "unknown":
+        import dvc.api
+
+        try:
+            raw = dvc.api.read(rel, repo=str(project.root), rev=git_commit, mode="rb")
+        except Exception as exc:  # dvc raises many types (missing rev, remote, path)
+            raise DataRevError(
+                f"data rev {md5[:12]} of {rel} could not be read through DVC at commit "
+                f"{git_commit[:12]} ({type(exc).__name__}: {exc}); run `dvc fetch` or check "
+                "the remote"
+            ) from None
+    if raw is None:
+        raise DataRevError(
+            f"data rev {md5[:12]} of {rel} is not in the DVC cache and no commit is recorded; "
+            "run `dvc pull` at the commit that trained the serving model"
+        )
+    if hashlib.md5(raw).hexdigest() != md5:
+        raise DataRevError(
+            f"data rev {md5[:12]} of {rel} is corrupt (content hash differs); remove it from "
+            "the DVC cache and run `dvc pull` again"
+        )
+    reader = pd.read_parquet if Path(rel).suffix == ".parquet" else pd.read_csv
+    return reader(io.BytesIO(raw))
+
+
+def _cached_bytes(project: Project, md5: str) -> bytes | None:
+    path = project.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    return path.read_bytes() if path.is_file() else None

@@ -1,0 +1,97 @@
+"""Publishing to the Prometheus Pushgateway, grouped per model (names in docs/metrics.md).
+
+A push is a PUT of the whole group, so a column that is no longer checked disappears instead of
+showing a stale score. The last-success stamp goes out with the run's own metrics: when a run
+cannot publish, the stamp ages and the stale-monitor alert fires.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
+
+from config.loader import Project
+
+MONITOR_JOB = "driftloop_monitor"
+SERVING_JOB = "driftloop_serving"
+
+
+class PublishError(RuntimeError):
+    """The Pushgateway did not take the metrics; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class MonitorMetrics:
+    """What one monitor run publishes, flattened from its CheckResult."""
+
+    verdict: str
+    rows: int
+    label_coverage: float
+    duration_seconds: float
+    drift_share: float | None = None
+    dataset_drift: bool | None = None
+    columns: tuple[tuple[str, str, float | None, float | None, bool], ...] = ()
+    quality: tuple[tuple[str, float], ...] = ()
+
+
+def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = None):
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    gauge("driftloop_window_rows", "Rows in the checked window").set(m.rows)
+    gauge("driftloop_label_coverage_ratio", "Share of rows with a label").set(m.label_coverage)
+    gauge("driftloop_monitor_duration_seconds", "Wall time of the run").set(m.duration_seconds)
+    gauge("driftloop_window_verdict", "1 for the window's verdict", ("verdict",)).labels(
+        m.verdict
+    ).set(1)
+    if m.drift_share is not None:
+        gauge("driftloop_drift_share", "Share of drifted feature columns").set(m.drift_share)
+        gauge("driftloop_dataset_drift", "1 when the dataset drifted").set(
+            int(bool(m.dataset_drift))
+        )
+    if m.columns:
+        labels = ("column", "method")
+        score = gauge("driftloop_column_drift_score", "Drift statistic per column", labels)
+        threshold = gauge("driftloop_column_drift_threshold", "Its threshold", labels)
+        detected = gauge("driftloop_column_drift_detected", "1 when the column drifted", labels)
+        for column, method, value, limit, drifted in m.columns:
+            if value is not None:
+                score.labels(column, method).set(value)
+            if limit is not None:
+                threshold.labels(column, method).set(limit)
+            detected.labels(column, method).set(int(drifted))
+    if m.quality:
+        quality = gauge("driftloop_quality", "Model quality on labelled traffic", ("metric",))
+        for name, value in m.quality:
+            quality.labels(name).set(value)
+    gauge(
+        "driftloop_monitor_last_success_timestamp_seconds", "Unix time of the last completed run"
+    ).set(now if now is not None else time.time())
+    return registry
+
+
+def push_monitor_metrics(project: Project, m: MonitorMetrics) -> None:
+    push(project, MONITOR_JOB, monitor_registry(project, m), replace=True)
+
+
+def push(project: Project, job: str, registry: CollectorRegistry, replace: bool) -> None:
+    """PUT (replace the model's group) or POST (replace only these names) to the Pushgateway."""
+    gateway = project.config.endpoints.pushgateway
+    send = push_to_gateway if replace else pushadd_to_gateway
+    try:
+        send(
+            gateway,
+            job=job,
+            registry=registry,
+            grouping_key={"model": project.config.project.name},
+            timeout=10,
+        )
+    except OSError as exc:
+        raise PublishError(
+            f"Pushgateway at {gateway} did not accept the {job} metrics ({exc}); "
+            "is the stack up (`driftloop status`)?"
+        ) from None
