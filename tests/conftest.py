@@ -16,3 +16,65 @@ def trained_project(tmp_path_factory) -> Path:
     driftloop(root, "data")
     driftloop(root, "train")
     return root
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real Prefect server (SQLite) on a free loopback port, used by this whole test process.
+
+    Sets PREFECT_API_URL and PREFECT_HOME in os.environ so flows, clients and subprocesses started
+    by the tests all talk to it; stops it (by its own pid) at the end of the session.
+    """
+    import os
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.support import BIN, free_port
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"{url}/api",
+    }
+    log = (home / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "Prefect server not healthy within 120 s"
+        time.sleep(0.5)
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ.update({"PREFECT_API_URL": f"{url}/api", "PREFECT_HOME": str(home)})
+    # settings are read when prefect is imported: override them for this process too
+    with temporary_settings(updates={PREFECT_API_URL: f"{url}/api", PREFECT_HOME: str(home)}):
+        yield url
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    os.killpg(server.pid, 15)
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, 9)
+    log.close()
