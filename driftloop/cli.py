@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +12,7 @@ import typer
 from rich.table import Table
 
 from driftloop.check_cmd import check
-from driftloop.console import ConfigOption, console, failures, project
+from driftloop.console import ConfigOption, console, failures, project, use_prefect
 
 app = typer.Typer(
     help="driftloop: watch a served model for drift, retrain, approve, roll forward.",
@@ -147,6 +148,39 @@ def render_lineage(release) -> None:
     table.add_row("approver", labels.get("approver", "- (initial release)"))
     table.add_row("serving since", release.started_at)
     console.print(table)
+
+
+@app.command("monitor")
+def monitor(
+    start: Annotated[
+        datetime | None, typer.Option(help="Window start, UTC (default: end - interval).")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="Window end, UTC (default: now).")] = None,
+    report: Annotated[
+        bool, typer.Option(help="Write the HTML report even if all is well.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the monitor flow now on a window of captured traffic (the scheduled run, on demand)."""
+    proj = project(config)
+    use_prefect(proj)
+    from flows.monitor import monitor as monitor_flow
+
+    with failures():
+        outcome = monitor_flow(
+            start=_utc(start),
+            end=_utc(end),
+            report=report,
+            config=str(proj.path),
+        )
+    console.print_json(data=outcome)
+    raise typer.Exit(1 if outcome["dataset_drift"] or outcome["quality_breached"] else 0)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 @app.command("replay")

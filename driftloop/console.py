@@ -44,3 +44,16 @@ def failures() -> Iterator[None]:
 def project(config: Path | None) -> Project:
     with failures():
         return load_project(config)
+
+
+def use_prefect(proj: Project) -> None:
+    """Point this process at the stack's Prefect server (unless PREFECT_API_URL is set).
+
+    Must run before Prefect is imported: its settings are read at import.
+    """
+    import os
+
+    from tasks.stack import prefect_env
+
+    for key, value in prefect_env(proj).items():
+        os.environ.setdefault(key, value)

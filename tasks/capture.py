@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from model.capture import LABELS, PREDICTIONS, capture_schema
@@ -95,3 +97,8 @@ def _day_in_range(path: str, start: datetime, end: datetime | None) -> bool:
                 return False
             return end is None or day <= (end - timedelta(microseconds=1)).date()
     return True
+
+
+@task(name="read_window", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def read_current(project: Project, start: datetime, end: datetime) -> Window:
+    return read_window(project, start, end)

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from config.loader import ConfigError, Project
@@ -801,3 +803,12 @@ __all__ = [
     "run_checks",
     "save_report",
 ]
+
+
+@task(name="run_checks", cache_policy=NO_CACHE)
+def check_window(reference, current: pd.DataFrame, project: Project, classes=None) -> CheckResult:
+    """`run_checks` on the captured window, its label column named as the target."""
+    frame = current.rename(columns={"label": project.config.data.target})
+    if reference.profile is None:
+        return run_checks(reference.frame, frame, project, classes=classes)
+    return run_checks(reference.frame, frame, project, profile=reference.profile, classes=classes)

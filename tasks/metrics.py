@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
 
 from config.loader import Project
@@ -95,3 +97,8 @@ def push(project: Project, job: str, registry: CollectorRegistry, replace: bool)
             f"Pushgateway at {gateway} did not accept the {job} metrics ({exc}); "
             "is the stack up (`driftloop status`)?"
         ) from None
+
+
+@task(name="push_metrics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def publish_metrics(project: Project, m: MonitorMetrics) -> None:
+    push_monitor_metrics(project, m)

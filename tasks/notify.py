@@ -12,6 +12,8 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
@@ -166,3 +168,118 @@ def _write_thread(project: Project, value: dict | None) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(path)
+
+
+# ---------------------------------------------------------------- what the monitor says
+
+
+def monitor_headline(project: Project, result) -> str:
+    name = project.config.project.name
+    if result.bad_input:
+        return f"{name}: bad {result.bad_input} data ({result.verdict})"
+    parts = ["dataset drift" if result.dataset_drift else "no dataset drift"]
+    quality = result.quality
+    if quality is not None and quality.limit_breached:
+        parts.append(f"{quality.primary} past its limit")
+    return f"{name}: {', '.join(parts)}"
+
+
+def monitor_notice(project: Project, result, window: str, serving: str, links: dict[str, str]):
+    """The Block Kit notice of one monitor run: verdict, evidence, and where to look."""
+    top = project.config.notify.top_columns
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": monitor_headline(project, result)},
+        },
+        {"type": "section", "text": {"type": "mrkdwn", "text": result.message}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Window*\n{window}"},
+                {"type": "mrkdwn", "text": f"*Serving*\n{serving}"},
+                {"type": "mrkdwn", "text": f"*Rows*\n{_rows(result)}"},
+                {"type": "mrkdwn", "text": f"*Labels*\n{_coverage(result)}"},
+            ],
+        },
+    ]
+    drifted = sorted((c for c in result.columns if c.drifted), key=lambda c: -(c.score or 0))[:top]
+    if drifted:
+        lines = [
+            f"• `{c.column}` {c.method}: {c.score:.3g} "
+            f"{'<' if c.score_is_p_value else '>='} {c.threshold:.3g}"
+            for c in drifted
+        ]
+        blocks.append(
+            _section(
+                f"*Drifted columns* ({result.drifted_columns} of "
+                f"{result.tested_columns}; dataset drift at "
+                f"{result.drift_share_threshold:.0%})\n" + "\n".join(lines)
+            )
+        )
+    if result.quality is not None and result.quality.metrics:
+        blocks.append(_section("*Quality on labelled traffic*\n" + _quality_lines(result.quality)))
+    findings = [
+        f for f in (result.validation.findings if result.validation else []) if f.severity != "info"
+    ]
+    if findings:
+        blocks.append(
+            _section(
+                "*Data checks*\n" + "\n".join(f"• {f.verdict}: {f.message}" for f in findings[:top])
+            )
+        )
+    if links:
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": " | ".join(f"<{url}|{name}>" for name, url in links.items()),
+                    }
+                ],
+            }
+        )
+    return Notice(text=monitor_headline(project, result), blocks=blocks)
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
+
+
+def _rows(result) -> str:
+    dq = result.data_quality
+    return f"{dq.rows_current} (reference {dq.rows_reference})" if dq else "-"
+
+
+def _coverage(result) -> str:
+    q = result.quality
+    return f"{q.labelled_rows} labelled ({q.coverage:.0%})" if q else "none yet"
+
+
+def _quality_lines(quality) -> str:
+    lines = []
+    for m in quality.metrics:
+        if m.current is None:
+            continue
+        ref = f" (reference {m.reference:.4g})" if m.reference is not None else ""
+        flag = ""
+        if m.name == quality.primary and quality.limit is not None:
+            flag = " :warning: past limit" if quality.limit_breached else " within limit"
+            flag += f" {quality.limit:.4g}"
+        lines.append(f"• {m.name}: {m.current:.4g}{ref}{flag}")
+    if quality.status != "ok":
+        lines.append(
+            f"• {quality.labelled_rows} labelled rows; {quality.min_labels} needed to judge"
+        )
+    return "\n".join(lines)
+
+
+@task(name="post_notice", cache_policy=NO_CACHE)
+def send_notice(project: Project, notice: Notice, new_cycle_reason: str | None) -> Delivery:
+    """Reply in the model's open cycle thread, or open one with this notice."""
+    thread = current_thread(project)
+    delivery = post_notice(project, notice, thread_ts=thread.ts if thread else None)
+    if thread is None and new_cycle_reason:
+        open_thread(project, delivery, new_cycle_reason)
+    return delivery

@@ -16,6 +16,7 @@ class Release(BaseModel):
     url: str
     labels: dict[str, str]
     started_at: str = ""
+    slot: str | None = None  # blue | green behind the stack's nginx; None when served alone
 
 
 def serving_file(project: Project):

@@ -106,10 +106,10 @@ def wait_ready(server: Server, timeout: float) -> None:
     )
 
 
-def _startup_failed(log: Path) -> bool:
+def _startup_failed(log: Path, since: int = 0) -> bool:
     """BentoML's supervisor restarts a worker whose service raised; its log says so."""
     try:
-        return b"Application startup failed" in log.read_bytes()[-20000:]
+        return b"Application startup failed" in log.read_bytes()[since:][-20000:]
     except FileNotFoundError:
         return False
 
@@ -124,3 +124,79 @@ def stop_server(server: Server, grace: float = 10) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(server.process.pid, signal.SIGKILL)
         server.process.wait(5)
+
+
+# ---------------------------------------------------------------- slots under the stack
+
+
+SLOTS = ("blue", "green")
+
+
+def slot_port(project: Project, slot: str) -> int:
+    return project.config.serving.slot_ports[SLOTS.index(slot)]
+
+
+def slot_url(project: Project, slot: str) -> str:
+    return f"http://127.0.0.1:{slot_port(project, slot)}"
+
+
+def start_slot(project: Project, slot: str, bento: str) -> None:
+    """Run `bento` in `slot` as a supervisord program of the stack; returns once /readyz is 200.
+
+    On failure the slot is stopped again and the error names the bento, the slot and its log.
+    """
+    from tasks import stack
+
+    if stack.supervisor_pid(project) is None:
+        raise CommandError("the stack is not running; start it with `driftloop up`")
+    port = slot_port(project, slot)
+    home = slot_home(project, port)
+    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **capture_env(project)}
+    command = [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("\n".join(stack.program_section(project, f"bento-{slot}", command, env)) + "\n")
+    log = stack.log_dir(project) / f"bento-{slot}.log"
+    offset = log.stat().st_size if log.exists() else 0  # the log is shared across starts
+    stack.supervisorctl(project, "update", check=True)  # adds the program and starts it
+    deadline = time.monotonic() + project.config.serving.ready_timeout_seconds
+    while time.monotonic() < deadline:
+        if stack.healthy(f"{slot_url(project, slot)}/readyz"):
+            return
+        state = stack.program_states(project).get(f"bento-{slot}", ("UNKNOWN",))[0]
+        if state == "FATAL" or _startup_failed(log, offset):
+            stop_slot(project, slot)
+            raise CommandError(f"bento {bento} failed to start in slot {slot}; see {log}")
+        time.sleep(0.25)
+    stop_slot(project, slot)
+    raise CommandError(
+        f"bento {bento} in slot {slot} not ready after "
+        f"{project.config.serving.ready_timeout_seconds:.0f} s; see {log}"
+    )
+
+
+def stop_slot(project: Project, slot: str) -> None:
+    """Remove the slot's program: supervisord stops it (and its workers) and forgets it."""
+    from tasks import stack
+
+    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    if conf.exists():
+        conf.unlink()
+        if stack.supervisor_pid(project) is not None:
+            stack.supervisorctl(project, "update", check=True)
+
+
+def switch_traffic(project: Project, slot: str) -> None:
+    """Point nginx at `slot`: new upstream file, `nginx -t`, then a graceful reload (HUP)."""
+    from tasks import stack
+
+    path = stack.write_upstream(project, slot_port(project, slot))
+    nginx_dir = stack.stack_dir(project) / "nginx"
+    test = subprocess.run(
+        ["nginx", "-t", "-q", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    if test.returncode != 0:
+        raise CommandError(f"nginx rejected {path}: {test.stderr.strip()}")
+    stack.supervisorctl(project, "signal", "HUP", "nginx", check=True)

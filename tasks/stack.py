@@ -72,6 +72,7 @@ def prefect_env(project: Project) -> dict[str, str]:
         "PREFECT_HOME": str(project.state_dir / "prefect"),
         "PREFECT_API_URL": project.config.endpoints.prefect + "/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "driftloop",  # notices logged without Slack show in runs
         "PREFECT_UI_API_URL": project.config.endpoints.prefect + "/api",
         "DO_NOT_TRACK": "1",
     }
@@ -202,7 +203,7 @@ def render(project: Project) -> Path:
     from tasks.render import write_runtime
 
     stack = stack_dir(project)
-    for sub in ("nginx", "secrets"):
+    for sub in ("nginx", "secrets", "slots"):
         (stack / sub).mkdir(parents=True, exist_ok=True)
     log_dir(project).mkdir(parents=True, exist_ok=True)
     for sub in ("prometheus", "alertmanager", "pushgateway", "prefect", "reports"):
@@ -298,28 +299,36 @@ def supervisord_conf(project: Project) -> str:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "[supervisorctl]",
         f"serverurl=unix://{stack / 'supervisor.sock'}",
+        "[include]",  # the serving slots come and go as releases roll (tasks/serving.py)
+        f"files={stack / 'slots'}/*.conf",
     ]
-    base_env = tool_env()
     for priority, svc in enumerate(services(project), start=1):
-        env = {"PATH": base_env["PATH"], "HOME": os.environ.get("HOME", "/root"), **svc.env}
-        lines += [
-            f"[program:{svc.name}]",
-            "command=" + " ".join(_quote(part) for part in svc.command),
-            f"priority={priority}",
-            "autostart=true",
-            "autorestart=true",
-            "startsecs=2",
-            "startretries=5",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "stopwaitsecs=15",
-            "redirect_stderr=true",
-            f"stdout_logfile={log_dir(project) / (svc.name + '.log')}",
-            "stdout_logfile_maxbytes=10MB",
-            "stdout_logfile_backups=2",
-            "environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in env.items()),
-        ]
+        lines += program_section(project, svc.name, svc.command, svc.env, priority)
     return "\n".join(lines) + "\n"
+
+
+def program_section(
+    project: Project, name: str, command: list[str], env: dict[str, str], priority: int = 100
+) -> list[str]:
+    """One supervisord [program]: restarted if it dies, stopped with its children, logged."""
+    env = {"PATH": tool_env()["PATH"], "HOME": os.environ.get("HOME", "/root"), **env}
+    return [
+        f"[program:{name}]",
+        "command=" + " ".join(_quote(part) for part in command),
+        f"priority={priority}",
+        "autostart=true",
+        "autorestart=true",
+        "startsecs=2",
+        "startretries=5",
+        "stopasgroup=true",
+        "killasgroup=true",
+        "stopwaitsecs=15",
+        "redirect_stderr=true",
+        f"stdout_logfile={log_dir(project) / (name + '.log')}",
+        "stdout_logfile_maxbytes=10MB",
+        "stdout_logfile_backups=2",
+        "environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in env.items()),
+    ]
 
 
 def _quote(part: str) -> str:
