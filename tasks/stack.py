@@ -490,6 +490,8 @@ def up(project: Project, progress: Callable[[str], None] = lambda _: None) -> li
             wait_healthy(project, svc)
             if svc.name == "prefect-server":
                 ensure_work_pool(project)
+        progress("registering the Prefect deployments")
+        register_deployments(project)
     except (StackError, subprocess.CalledProcessError) as exc:
         if not already:
             down(project)  # nothing half-started is left running
@@ -550,6 +552,31 @@ def ensure_work_pool(project: Project) -> None:
     )
     if created.returncode != 0 and "already exists" not in created.stdout + created.stderr:
         raise StackError(f"prefect-worker: cannot create work pool {pool!r}: {created.stdout}")
+
+
+def register_deployments(project: Project) -> None:
+    """`prefect deploy --all` from a prefect.yaml rendered from config into the stack dir."""
+    import yaml
+
+    from tasks.render import prefect_yaml
+
+    spec = prefect_yaml(project)
+    if not spec["deployments"]:
+        return
+    path = stack_dir(project) / "prefect.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    env = tool_env({**prefect_env(project), "DRIFTLOOP_ROOT": str(project.root)})
+    done = subprocess.run(
+        [bin_path("prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(path)],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-10:])
+        raise StackError(f"prefect-server: registering deployments from {path} failed:\n{tail}")
 
 
 def down(project: Project, timeout: float = 60) -> bool:
