@@ -1,0 +1,115 @@
+"""Every bad-input class reaches the metrics and the Slack notice by name; nothing crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import generate_latest
+
+from config.loader import load_project
+from flows.monitor import _metrics
+from tasks.capture import Window
+from tasks.checks import run_checks
+from tasks.metrics import monitor_registry
+from tasks.notify import as_text, monitor_notice
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def project():
+    return load_project(ROOT / "config/driftloop.yaml")
+
+
+@pytest.fixture(scope="module")
+def reference(project):
+    return pd.read_csv(ROOT / "data/bikeshare/bikeshare_hourly_2011.csv").query("mnth == 'Jan'")
+
+
+def current(reference: pd.DataFrame, n: int = 400) -> pd.DataFrame:
+    frame = reference.sample(n, replace=True, random_state=1).reset_index(drop=True)
+    frame["temp"] = frame["temp"] + 0.3  # a warm month
+    return frame
+
+
+def empty(ref):
+    return current(ref).iloc[0:0]
+
+
+def single_row(ref):
+    return current(ref).iloc[:1]
+
+
+def missing_column(ref):
+    return current(ref).drop(columns=["hum"])
+
+
+def renamed_column(ref):
+    return current(ref).rename(columns={"temp": "temperature"})
+
+
+def retyped_column(ref):
+    frame = current(ref)
+    frame["temp"] = "warm"
+    return frame
+
+
+def all_nan(ref):
+    frame = current(ref)
+    frame["hum"] = np.nan
+    return frame
+
+
+def inf_values(ref):
+    frame = current(ref)
+    frame.loc[:50, "windspeed"] = np.inf
+    return frame
+
+
+def unseen_categories(ref):
+    frame = current(ref)
+    frame.loc[: int(len(frame) * 0.3), "weathersit"] = "volcanic ash"
+    return frame
+
+
+CASES = {
+    empty: "empty",
+    single_row: "insufficient_data",
+    missing_column: "schema_mismatch",
+    renamed_column: "schema_mismatch",
+    retyped_column: "wrong_dtype",
+    all_nan: "all_nan",
+    inf_values: "inf_values",
+    unseen_categories: "unseen_categories",
+}
+
+
+@pytest.mark.parametrize(("make", "verdict"), CASES.items(), ids=[f.__name__ for f in CASES])
+def test_bad_input_is_named_in_metrics_and_notice(project, reference, make, verdict):
+    frame = make(reference)
+    result = run_checks(reference, frame, project)
+    assert verdict in result.validation.verdicts
+    window = Window(start=None, end=None, frame=frame, label_coverage=0.0)
+    exposition = generate_latest(monitor_registry(project, _metrics(result, window, 0.1))).decode()
+    assert f'driftloop_window_verdict{{verdict="{result.verdict}"}} 1.0' in exposition
+    assert "driftloop_monitor_last_success_timestamp_seconds" in exposition
+    text = as_text(monitor_notice(project, result, "May", "bikeshare:v1", {}))
+    assert verdict in text or result.verdict in text
+
+
+def test_drifted_window_lists_columns_scores_and_thresholds(project, reference):
+    result = run_checks(reference, current(reference), project)
+    temp = next(c for c in result.columns if c.column == "temp")
+    assert temp.drifted
+    exposition = generate_latest(
+        monitor_registry(project, _metrics(result, Window(None, None, current(reference), 0), 1))
+    ).decode()
+    assert f'driftloop_column_drift_detected{{column="temp",method="{temp.method}"}} 1.0' in (
+        exposition
+    )
+    text = as_text(monitor_notice(project, result, "May", "bikeshare:v1", {"report": "http://x"}))
+    sign = "<" if temp.score_is_p_value else ">="
+    assert f"`temp` {temp.method}: {temp.score:.3g} {sign} {temp.threshold:.3g}" in text
