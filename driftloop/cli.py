@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from driftloop.check_cmd import check
-from driftloop.console import ConfigOption, console, failures, project, use_prefect
+from driftloop.console import ConfigOption, console, failures, project
 
 app = typer.Typer(
     help="driftloop: watch a served model for drift, retrain, approve, roll forward.",
@@ -163,7 +163,6 @@ def monitor(
 ) -> None:
     """Run the monitor flow now on a window of captured traffic (the scheduled run, on demand)."""
     proj = project(config)
-    use_prefect(proj)
     from flows.monitor import monitor as monitor_flow
 
     with failures():
@@ -311,15 +310,15 @@ def render_status(rows) -> None:
 
 @app.command("demo")
 def demo(
-    rows: Annotated[int, typer.Option(help="Sample predictions to send.")] = 5,
+    keep: Annotated[bool, typer.Option(help="Leave the stack running at the end.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Run the loop as far as it exists: train, build, serve, predict, show lineage, stop."""
+    """Run the whole loop, as far as it exists, on the bundled bike-sharing data."""
     from driftloop.demo import run_demo
 
     proj = project(config)
     with failures():
-        run_demo(proj, rows=rows)
+        run_demo(proj, keep=keep)
 
 
 def _version_callback(value: bool) -> None:

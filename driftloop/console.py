@@ -42,8 +42,11 @@ def failures() -> Iterator[None]:
 
 
 def project(config: Path | None) -> Project:
+    """The loaded config; also points Prefect at the stack's server before anything imports it."""
     with failures():
-        return load_project(config)
+        proj = load_project(config)
+    use_prefect(proj)
+    return proj
 
 
 def use_prefect(proj: Project) -> None:

@@ -31,7 +31,7 @@ class NothingServing(RuntimeError):
     """The monitor compares traffic with the serving model's data; there is none."""
 
 
-@flow(name="monitor", log_prints=True)
+@flow(name="monitor", log_prints=True, persist_result=True)
 def monitor(
     start: datetime | None = None,
     end: datetime | None = None,
@@ -133,14 +133,22 @@ def monitor(
         "retrain_run": retrain_run,
         "policy": trigger.reason,
         "report": report_urls,
+        "quality": _quality_values(result),
     }
+
+
+def _quality_values(result) -> dict[str, float]:
+    quality = result.quality
+    if quality is None or quality.status != "ok":
+        return {}
+    return {m.name: m.current for m in quality.metrics if m.current is not None}
 
 
 def _decide(project: Project):
     policy = project.config.policy
     history = [
         WindowOutcome(r["dataset_drift"], r["quality_breached"], r["usable"])
-        for r in recent_windows(project, policy.consecutive_windows)
+        for r in recent_windows(project, 10 * policy.consecutive_windows)
     ]
     return decide(
         policy,

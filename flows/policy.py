@@ -37,10 +37,14 @@ def decide(
     last_trigger: datetime | None = None,
     open_request: str | None = None,
 ) -> Trigger:
-    """Fire when the newest `consecutive_windows` windows are all bad, unless a retrain is
-    already open (running or awaiting approval) or the cooldown has not passed."""
+    """Fire when the newest `consecutive_windows` usable windows are all bad, unless a retrain is
+    already open (running or awaiting approval) or the cooldown has not passed.
+
+    Windows with unusable data (empty, broken schema) neither confirm nor break a streak: they
+    are reported on their own and skipped here.
+    """
     n = policy.consecutive_windows
-    recent = history[-n:]
+    recent = [w for w in history if w.usable][-n:]
     bad = sum(is_bad(policy, w) for w in recent)
     if len(recent) < n or bad < n:
         return Trigger(False, f"{bad} of the last {n} windows bad; {n} in a row trigger")

@@ -28,6 +28,8 @@ POLICY = PolicyConfig(consecutive_windows=2, cooldown_seconds=3600)
         ([DRIFT, WORSE], None, None, True, "(dataset drift, quality)"),
         ([OK, DRIFT, DRIFT], None, None, True, "2 bad windows in a row"),
         ([DRIFT, BAD_DATA], None, None, False, "1 of the last 2"),
+        ([DRIFT, BAD_DATA, DRIFT], None, None, True, "2 bad windows in a row"),
+        ([DRIFT, OK, BAD_DATA, DRIFT], None, None, False, "1 of the last 2"),
         ([DRIFT, DRIFT], None, "retrain run abc", False, "already open (retrain run abc)"),
         ([DRIFT, DRIFT], NOW - timedelta(minutes=30), None, False, "cooling down"),
         ([DRIFT, DRIFT], NOW - timedelta(minutes=61), None, True, "2 bad windows in a row"),
