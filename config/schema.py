@@ -169,6 +169,48 @@ class PolicyConfig(Section):
     cooldown_seconds: int = Field(3600, ge=0, description="Quiet time after a trigger.")
 
 
+class RetrainConfig(Section):
+    """How a retrain builds its training set from the labelled recent window."""
+
+    rule: Literal["reference_plus_window", "sliding_window"] = Field(
+        "reference_plus_window",
+        description="reference_plus_window: the serving model's data plus the labelled window; "
+        "sliding_window: the labelled window alone.",
+    )
+    window_days: float = Field(31, gt=0, description="The recent window, ending at its newest row.")
+    holdout_share: float = Field(
+        0.3, gt=0, lt=1, description="Latest share of the window kept out of training for the gate."
+    )
+    min_labelled_rows: int = Field(100, ge=10, description="Fewer labelled rows: no retrain.")
+
+
+class GateConfig(Section):
+    """Candidate against champion on the held-out recent window."""
+
+    min_improvement: float = Field(0.0, ge=0, description="Absolute gain on the primary metric.")
+    min_relative_improvement: float = Field(
+        0.02, ge=0, le=1, description="Relative gain on the primary metric."
+    )
+    guard_metrics: list[str] = Field(
+        default_factory=list, description="Other metrics that must not regress."
+    )
+    guard_tolerance: float = Field(
+        0.05, ge=0, le=1, description="Relative regression allowed on a guard metric."
+    )
+
+
+class ApprovalConfig(Section):
+    """Who may approve, and for how long a request stays open."""
+
+    approvers: list[str] = Field(
+        default_factory=list, description="Slack user ids or names allowed to decide (empty: any)."
+    )
+    timeout_seconds: int = Field(86400, ge=10, description="An open request expires after this.")
+    poll_seconds: float = Field(2.0, gt=0, le=60, description="How fast a decision is noticed.")
+    slack_host: str = "127.0.0.1"
+    slack_port: int = Field(3100, ge=1, le=65535, description="`driftloop slack` HTTP port.")
+
+
 class NotifyConfig(Section):
     """Slack notices (token from SLACK_BOT_TOKEN; without one, notices go to the log)."""
 
@@ -212,6 +254,9 @@ class DriftloopConfig(Section):
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
     policy: PolicyConfig = PolicyConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    gate: GateConfig = GateConfig()
+    approval: ApprovalConfig = ApprovalConfig()
     notify: NotifyConfig = NotifyConfig()
     endpoints: EndpointsConfig = EndpointsConfig()
     stack: StackConfig = StackConfig()
@@ -228,6 +273,11 @@ class DriftloopConfig(Section):
                 raise ValueError(
                     f"evaluate.metrics: {name!r} does not apply to task {task!r}; "
                     f"use one of {DEFAULT_METRICS[task]}"
+                )
+        for name in self.gate.guard_metrics:
+            if name not in self.metric_names:
+                raise ValueError(
+                    f"gate.guard_metrics: {name!r} is not among the metrics {self.metric_names}"
                 )
         if self.evaluate.primary and self.evaluate.primary not in self.metric_names:
             raise ValueError(

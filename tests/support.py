@@ -16,9 +16,11 @@ BIN = Path(sys.executable).parent
 
 
 def tool_env() -> dict[str, str]:
+    """This venv first on PATH; no Prefect settings leaked from a test fixture, so a project
+    copy talks to the Prefect server its own config names."""
     from tasks.commands import tool_env as env
 
-    return env()
+    return {k: v for k, v in env().items() if not k.startswith("PREFECT_")}
 
 
 def sh(args: list[str], cwd: Path, check: bool = True, timeout: float = 600):
