@@ -11,8 +11,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from driftloop.approve_cmd import approve, pending, reject
 from driftloop.check_cmd import check
 from driftloop.console import ConfigOption, console, failures, project
+from driftloop.slack_app import slack
 
 app = typer.Typer(
     help="driftloop: watch a served model for drift, retrain, approve, roll forward.",
@@ -244,6 +246,44 @@ def replay(
 
 
 app.command("check")(check)
+app.command("approve")(approve)
+app.command("reject")(reject)
+app.command("pending")(pending)
+app.command("slack")(slack)
+
+
+@app.command("retrain")
+def retrain(
+    reason: Annotated[str, typer.Option(help="Why: shown in the approval request.")] = "manual",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would run; change nothing.")
+    ] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Start the `retrain` deployment (one at a time per model), or show what it would do."""
+    from tasks.retrain_plan import plan_retrain
+
+    proj = project(config)
+    with failures():
+        plan = plan_retrain(proj, reason)
+    for line in plan.lines:
+        console.print(line)
+    if dry_run:
+        console.print("[yellow]--dry-run: nothing was started or changed[/]")
+        return
+    if plan.blocked_by:
+        console.print(f"[red]refused:[/] a retrain is already open: {plan.blocked_by}")
+        raise typer.Exit(1)
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        "retrain/retrain",
+        parameters={"reason": reason},
+        timeout=None if wait else 0,
+        tags=["cli"],
+    )
+    console.print(f"retrain run {run.name}: {proj.config.endpoints.prefect}/runs/flow-run/{run.id}")
 
 
 @app.command("render")

@@ -125,6 +125,8 @@ def services(project: Project) -> list[Service]:
                 "PREFECT_WORKER_WEBSERVER_PORT": str(worker_url.port),
                 "DRIFTLOOP_ROOT": str(project.root),
                 "DRIFTLOOP_CONFIG": str(project.path),
+                "BENTOML_HOME": str(project.state_dir / "bentoml"),
+                "BENTOML_DO_NOT_TRACK": "true",
             },
             binary=bin_path("prefect"),
         ),

@@ -1,0 +1,102 @@
+"""The retrain flow: a `dvc repro` candidate, the gate, and one decision by a person."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from config.loader import load_project
+from flows.promote import promote
+from tasks.approval import Evidence, GateRow, await_decision, evidence_hash
+from tasks.candidate import judge_candidate, new_training_set, train_candidate
+from tasks.notify import Notice, send_notice
+from tasks.releases import read_serving
+
+
+@flow(name="retrain", log_prints=True, persist_result=True)
+def retrain(
+    reason: str = "manual", evidence: dict | None = None, config: str | None = None
+) -> dict:
+    """Train a candidate on the recent labelled window, gate it, ask a person, promote on yes."""
+    logger = get_run_logger()
+    project = load_project(config)
+    run_id = str(flow_run.id or f"local-{int(time.time())}")
+    serving = read_serving(project)
+    if serving is None:
+        raise RuntimeError("no release is serving: nothing to retrain against")
+    send_notice(project, Notice(text=f"retrain started: {reason}"), new_cycle_reason=reason)
+
+    # 1. the new training set, versioned (DVC + git)
+    trainset = new_training_set(project, serving, run_id)
+    logger.info(
+        "training set: %s rows (%s reference + %s recent, %s held out), data rev %s",
+        trainset.rows,
+        trainset.reference_rows,
+        trainset.window_rows,
+        len(trainset.holdout),
+        trainset.data_rev[:12],
+    )
+
+    # 2. dvc repro: the same pipeline a person runs
+    training, candidate = train_candidate(project, run_id)
+    logger.info("candidate %s; held-out split %s", candidate, training.metrics)
+
+    # 3. the gate: candidate vs champion on the held-out recent window
+    verdict = judge_candidate(project, serving.model_tag, trainset.holdout)
+    logger.info("gate: %s", verdict.reason)
+    outcome = {
+        "candidate": candidate,
+        "data_rev": trainset.data_rev,
+        "gate": verdict.reason,
+        "gate_passed": verdict.passed,
+        "decision": None,
+        "release": None,
+    }
+    if not verdict.passed:
+        send_notice(
+            project,
+            Notice(
+                text=f"candidate {candidate} failed the gate: {verdict.reason}; no approval asked"
+            ),
+            None,
+        )
+        return outcome
+
+    # 4. one decision: Slack buttons, the Prefect UI resume form, or the CLI
+    proof = Evidence(
+        model=project.config.project.name,
+        reason=reason,
+        drift_summary=(evidence or {}).get("message", ""),
+        gate=[
+            GateRow(
+                metric=g.metric,
+                champion=g.champion,
+                candidate=g.candidate,
+                delta=g.delta,
+                passed=g.passed,
+            )
+            for g in verdict.lines
+        ],
+        data_rev=trainset.data_rev,
+        candidate=candidate,
+        retrain_run_id=run_id,
+    )
+    settings = project.config.approval
+    decision = await_decision(project, proof, settings.timeout_seconds, settings.approvers)
+    outcome["decision"] = decision.describe()
+    logger.info("decision: %s", decision.describe())
+    if decision.outcome != "approve":
+        return outcome
+
+    # 5. promote: a lineage-labelled bento, rolled forward behind nginx
+    release = promote(
+        candidate=candidate,
+        retrain_run=run_id,
+        approver=decision.approver or "",
+        evidence_hash=evidence_hash(proof),
+        config=config,
+    )
+    outcome["release"] = release
+    return outcome

@@ -1,0 +1,48 @@
+"""Prefect tasks of the retrain: the training set, `dvc repro`, the gate, the models to compare."""
+
+from __future__ import annotations
+
+import os
+
+import joblib
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.loader import Project
+from model import artifacts
+from tasks.gate import GateResult, gate
+from tasks.package import bentoml_home, register_model
+from tasks.releases import Release
+from tasks.training import TrainingResult, reproduce
+from tasks.trainset import build_training_set, git_commit, version_training_set
+
+
+@task(name="build_training_set", cache_policy=NO_CACHE)
+def new_training_set(project: Project, serving: Release, run_id: str):
+    """The new training set by the configured rule, versioned: DVC-pushed and git-committed."""
+    frame, info = build_training_set(project, serving)
+    md5, commit = version_training_set(project, frame, run_id)
+    return info.__class__(**{**info.__dict__, "data_rev": md5, "git_commit": commit})
+
+
+@task(name="dvc_repro", cache_policy=NO_CACHE)
+def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]:
+    """`dvc repro` (the pipeline a person runs by hand), dvc.lock committed; the candidate's tag."""
+    result = reproduce(project)
+    git_commit(
+        project,
+        ["dvc.lock", str(artifacts.METRICS), str(artifacts.PREDICTIONS_PLOT)],
+        f"retrain {run_id}: dvc repro",
+    )
+    return result, register_model(project)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def judge_candidate(project: Project, champion_tag: str, holdout) -> GateResult:
+    """Champion (the serving model, from the BentoML store) against the candidate just trained."""
+    os.environ.setdefault("BENTOML_HOME", str(bentoml_home(project)))
+    import bentoml
+
+    champion = bentoml.sklearn.load_model(champion_tag)
+    candidate = joblib.load(project.resolve(artifacts.MODEL_FILE))
+    return gate(project, champion, candidate, holdout)
