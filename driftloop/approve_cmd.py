@@ -68,6 +68,8 @@ def _decide(
 ) -> None:
     proj = project(config)
     use_prefect(proj)
+    import httpx
+
     from tasks.approval import submit_decision
 
     approver = as_user or getpass.getuser()
@@ -75,8 +77,8 @@ def _decide(
         result = submit_decision(
             proj, run_id, decision, approver, "cli", comment.strip(), evidence_hash
         )
-    except Exception as exc:  # Prefect unreachable, or it answered with an error
-        err_console.print(f"[bold red]failed:[/] cannot reach Prefect: {exc}", highlight=False)
+    except httpx.HTTPError as exc:  # Prefect unreachable, or it answered with an error
+        err_console.print(f"[bold red]failed:[/] Prefect API: {exc}", highlight=False)
         raise typer.Exit(1) from None
     if result.recorded:
         console.print(f"[green]{result.message}[/] (run {run_id})", highlight=False)
@@ -92,12 +94,14 @@ def pending(
     """List approval requests waiting for a decision, with their evidence and links."""
     proj = project(config)
     use_prefect(proj)
+    import httpx
+
     from tasks.approval import pending_requests
 
     try:
         requests = pending_requests(proj)
-    except Exception as exc:
-        err_console.print(f"[bold red]failed:[/] cannot reach Prefect: {exc}", highlight=False)
+    except httpx.HTTPError as exc:
+        err_console.print(f"[bold red]failed:[/] Prefect API: {exc}", highlight=False)
         raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in requests], indent=2))

@@ -351,14 +351,19 @@ def render_status(rows) -> None:
 @app.command("demo")
 def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running at the end.")] = False,
+    approve_as: Annotated[
+        str | None,
+        typer.Option(help="Approve the retrain as NAME (through the CLI's decision path)."),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the whole loop, as far as it exists, on the bundled bike-sharing data."""
+    """Run the whole loop on the bundled bike-sharing data; waits for a real approval unless
+    --approve-as is given."""
     from driftloop.demo import run_demo
 
     proj = project(config)
     with failures():
-        run_demo(proj, keep=keep)
+        run_demo(proj, keep=keep, approve_as=approve_as)
 
 
 def _version_callback(value: bool) -> None:

@@ -19,8 +19,10 @@ from driftloop.console import console
 MONTHS = [
     ("April", datetime(2011, 4, 1, tzinfo=UTC), datetime(2011, 5, 1, tzinfo=UTC)),
     ("May", datetime(2011, 5, 1, tzinfo=UTC), datetime(2011, 6, 1, tzinfo=UTC)),
-    ("June", datetime(2011, 6, 1, tzinfo=UTC), datetime(2011, 7, 1, tzinfo=UTC)),
 ]
+# replayed while the approved candidate rolls forward, then after it
+DURING = ("June", datetime(2011, 6, 1, tzinfo=UTC), datetime(2011, 7, 1, tzinfo=UTC))
+AFTER = ("July", datetime(2011, 7, 1, tzinfo=UTC), datetime(2011, 8, 1, tzinfo=UTC))
 SPEED = 3600 * 300  # 300 event-hours per wall second: a month in about 2.5 s
 LABEL_DELAY = timedelta(hours=6)
 
@@ -39,10 +41,13 @@ def step(text: str) -> None:
     console.rule(f"[bold cyan]{text}")
 
 
-def run_demo(project: Project, keep: bool = False) -> list[WindowRow]:
+def run_demo(
+    project: Project, keep: bool = False, approve_as: str | None = None
+) -> list[WindowRow]:
     from tasks import stack
     from tasks.data import ensure_data
     from tasks.package import build_bento, register_model
+    from tasks.releases import read_serving
     from tasks.rollout import go_live
     from tasks.training import reproduce
 
@@ -73,11 +78,20 @@ def run_demo(project: Project, keep: bool = False) -> list[WindowRow]:
 
         step("4. spring arrives: months replayed through the endpoint, the monitor after each")
         rows = [replay_and_monitor(project, *month) for month in MONTHS]
+
+        step("5. the policy's retrain: training set, dvc repro, gate, approval request")
+        request = wait_for_request(project)
+        if request is not None:
+            decide_request(project, request, approve_as)
+            step("6. roll-forward under live traffic, then the month after")
+            before = read_serving(project)
+            rows.append(replay_during_release(project, request.run_id, *DURING))
+            rows.append(replay_and_monitor(project, *AFTER))
+            compare_on_window(project, before, read_serving(project), *AFTER)
         render_windows(rows)
 
-        step("5. lineage of what is serving")
+        step("7. lineage of what is serving")
         from driftloop.cli import render_lineage
-        from tasks.releases import read_serving
 
         render_lineage(read_serving(project))
         return rows
@@ -134,6 +148,143 @@ def replay_and_monitor(project: Project, month: str, start: datetime, end: datet
     )
 
 
+def wait_for_request(project: Project, timeout: float = 600):
+    """The retrain the policy started, once it asks for a decision (None if the gate said no)."""
+    import time
+
+    from tasks.approval import pending_requests
+    from tasks.trigger import open_retrain
+
+    deadline = time.monotonic() + timeout
+    with console.status("retrain running: new training set, dvc repro, gate ..."):
+        while time.monotonic() < deadline:
+            pending = pending_requests(project)
+            if pending:
+                break
+            if open_retrain(project) is None:
+                console.print("[yellow]no approval asked: see the retrain run for the gate[/]")
+                return None
+            time.sleep(2)
+        else:
+            raise TimeoutError(f"no approval request within {timeout:.0f} s")
+    request = pending[0]
+    ev = request.evidence
+    console.print(f"candidate {ev.candidate} on data rev {ev.data_rev[:12]}: {ev.reason}")
+    for row in ev.gate:
+        console.print(
+            f"  gate {row.metric}: champion {row.champion:.4g} -> candidate "
+            f"{row.candidate:.4g} ({'pass' if row.passed else 'FAIL'})"
+        )
+    return request
+
+
+def decide_request(project: Project, request, approve_as: str | None) -> None:
+    """Through the same decision record as Slack, the UI and `driftloop approve`."""
+    import time
+
+    from tasks.approval import pending_requests, submit_decision
+
+    console.print(f"approval request: {request.url}")
+    if approve_as is None:
+        console.print(
+            "decide with one of: the Approve button in Slack, the Resume form at the "
+            f"link above, or `driftloop approve {request.run_id}` in another terminal"
+        )
+        with console.status("waiting for a decision ..."):
+            while any(p.run_id == request.run_id for p in pending_requests(project)):
+                time.sleep(2)
+        return
+    result = submit_decision(
+        project,
+        request.run_id,
+        "approve",
+        approve_as,
+        "cli",
+        comment="approved in `driftloop demo --approve-as`",
+        evidence_hash=request.evidence_hash,
+    )
+    console.print(f"decision: {result.message}")
+
+
+def replay_during_release(project: Project, run_id: str, month: str, start, end) -> WindowRow:
+    """Replay a month while the approved candidate rolls forward; every request must succeed."""
+    import threading
+    import time
+
+    from prefect import get_client
+
+    from tasks.releases import read_serving
+    from tasks.traffic import load_traffic, replay
+
+    serving = project.config.serving
+    sample = load_traffic(project, query=f"mnth == '{month}'")
+    stats = {}
+
+    def send() -> None:
+        stats["s"] = replay(
+            f"http://{serving.host}:{serving.port}",
+            sample,
+            sample.times,
+            speed=3600 * 15,
+            batch=4,
+            label_delay=LABEL_DELAY,
+            max_seconds=120,
+        )
+
+    before = read_serving(project)
+    sender = threading.Thread(target=send)
+    sender.start()
+    with console.status(f"{month} replaying while the candidate rolls forward ..."):
+        with get_client(sync_client=True) as client:
+            while not client.read_flow_run(run_id).state.is_final():
+                time.sleep(2)
+        sender.join()
+    after = read_serving(project)
+    sent = stats["s"]
+    console.print(
+        f"{month}: {sent.sent} requests during the roll-forward, {sent.failed} failed; "
+        f"{before.bento if before else '-'} -> {after.bento if after else '-'}"
+    )
+    with console.status(f"monitor deployment on {month} ..."):
+        outcome, url = run_monitor_deployment(project, start, end)
+    console.print(f"  monitor: {outcome['verdict']}, {_quality(project, outcome)}; run: {url}")
+    return WindowRow(
+        month,
+        outcome["rows"],
+        outcome["drift_share"],
+        _quality(project, outcome),
+        f"{before.bento} -> {after.bento}",
+        outcome["policy"],
+    )
+
+
+def compare_on_window(project: Project, old, new, month: str, start, end) -> None:
+    """Both models on the same labelled month: the honest "did the error fall" (months differ
+    in scale, so one model's error across months says little)."""
+    import os
+
+    from model.evaluate import evaluate
+    from tasks.capture import read_window
+    from tasks.package import bentoml_home
+
+    if old is None or new is None or old.model_tag == new.model_tag:
+        return
+    os.environ.setdefault("BENTOML_HOME", str(bentoml_home(project)))
+    import bentoml
+
+    frame = read_window(project, start, end).frame
+    labelled = frame[frame["label"].notna()].rename(columns={"label": project.config.data.target})
+    metric = project.config.primary_metric
+    scores = {
+        tag: evaluate(project, bentoml.sklearn.load_model(tag), labelled)[metric]
+        for tag in (old.model_tag, new.model_tag)
+    }
+    console.print(
+        f"{month}, {len(labelled)} labelled rows: {metric} {scores[old.model_tag]:.4g} with the "
+        f"previous model, {scores[new.model_tag]:.4g} with the approved one"
+    )
+
+
 def run_monitor_deployment(project: Project, start: datetime, end: datetime) -> tuple[dict, str]:
     """One run of the `monitor` deployment on the worker; its return value and UI link."""
     from prefect.deployments import run_deployment
@@ -169,5 +320,6 @@ def render_windows(rows: list[WindowRow]) -> None:
     )
     for r in rows:
         share = "-" if r.drift_share is None else f"{r.drift_share:.0%}"
-        table.add_row(r.month, str(r.rows), share, r.quality, r.served_by, r.policy)
+        policy = r.policy.split(":")[0].split(";")[0].split(" (")[0]
+        table.add_row(r.month, str(r.rows), share, r.quality, r.served_by, policy)
     console.print(table)
