@@ -260,6 +260,7 @@ def retrain(
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
     config: ConfigOption = None,
+    propose: bool = False,
 ) -> None:
     """Start the `retrain` deployment (one at a time per model), or show what it would do."""
     from tasks.retrain_plan import plan_retrain
@@ -284,6 +285,15 @@ def retrain(
         tags=["cli"],
     )
     console.print(f"retrain run {run.name}: {proj.config.endpoints.prefect}/runs/flow-run/{run.id}")
+
+
+@app.command("propose")
+def propose(
+    reason: Annotated[str, typer.Option(help="Why: shown in the approval request.")] = "by hand",
+    config: ConfigOption = None,
+) -> None:
+    """Submit the model you trained with `dvc repro` to the same gate and approval."""
+    retrain(reason=reason, dry_run=False, wait=False, config=config, propose=True)
 
 
 @app.command("render")

@@ -10,7 +10,11 @@ from prefect.runtime import flow_run
 from config.loader import load_project
 from flows.promote import promote
 from tasks.approval import Evidence, GateRow, await_decision, evidence_hash
-from tasks.candidate import judge_candidate, new_training_set, train_candidate
+from tasks.candidate import (
+    judge_candidate,
+    new_training_set,
+    train_candidate,
+)
 from tasks.notify import Notice, send_notice
 from tasks.releases import read_serving
 
