@@ -110,7 +110,8 @@ def pending(
         console.print("no approval requests are waiting")
         return
     table = Table(title="waiting for a decision")
-    for column in ("run", "candidate", "why", "gate", "evidence", "age", "expires", "link"):
+    table.add_column("run", no_wrap=True)
+    for column in ("candidate", "why", "gate", "evidence", "age", "expires"):
         table.add_column(column, overflow="fold")
     for r in requests:
         ev = r.evidence
@@ -127,9 +128,10 @@ def pending(
             r.evidence_hash,
             _age(r.age_seconds),
             r.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
-            r.url,
         )
     console.print(table)
+    for r in requests:
+        console.print(f"{r.run_id}: {r.url}", highlight=False, soft_wrap=True)
     console.print("decide with: driftloop approve RUN [-m TEXT] | driftloop reject RUN -m TEXT")
 
 

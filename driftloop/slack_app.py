@@ -113,6 +113,14 @@ class Interactions:
         task.add_done_callback(self.tasks.discard)
         return "scheduled"
 
+    def safe_accept(self, payload: dict[str, Any]) -> str:
+        """`accept`, or 'malformed' for a payload not shaped like Slack's (logged, not raised)."""
+        try:
+            return self.accept(payload)
+        except (AttributeError, TypeError, ValueError) as exc:
+            log.warning("malformed Slack payload: %s", exc)
+            return "malformed"
+
     async def drain(self, timeout: float = 30) -> None:
         """Let clicks in progress finish (on shutdown)."""
         if self.tasks:
@@ -220,9 +228,8 @@ def create_app(
         if not verify(verifier, raw, request.headers):
             return JSONResponse({"error": "invalid request"}, status_code=401)
         payload = parse_payload(raw)
-        if payload is None:
+        if payload is None or handler.safe_accept(payload) == "malformed":
             return JSONResponse({"error": "malformed payload"}, status_code=400)
-        handler.accept(payload)
         return Response(status_code=200)  # the acknowledgement; the work goes on in a task
 
     async def healthz(request: Request) -> Response:
@@ -271,7 +278,7 @@ async def run_socket_mode(
         # acknowledge first: Slack redelivers an envelope that is not acked in 3 s
         await client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
         if req.type == "interactive" and isinstance(req.payload, dict):
-            handler.accept(req.payload)
+            handler.safe_accept(req.payload)
 
     client.socket_mode_request_listeners.append(on_request)
     await client.connect()

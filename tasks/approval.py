@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
@@ -812,6 +812,12 @@ def await_decision(
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
         raise RuntimeError("await_decision must be called inside a flow run")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError("await_decision blocks: call it from a sync flow, not an async one")
     run_id = context.flow_run.id
     settings = ApprovalSettings.from_project(project)
     poll = poll_seconds if poll_seconds is not None else settings.poll_seconds
@@ -853,7 +859,10 @@ def await_decision(
             break
         try:
             answer = pause_flow_run(
-                wait_for_input=form, timeout=max(1, math.ceil(remaining)), poll_interval=poll
+                wait_for_input=form,
+                timeout=max(1, math.ceil(remaining)),
+                poll_interval=poll,
+                key=uuid4().hex,  # never reuse a pause key: a retried run must not replay input
             )
         except FlowPauseTimeout:
             # take the run back from Paused, or the server fails it for never resuming

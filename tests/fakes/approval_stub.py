@@ -7,6 +7,7 @@ test left open, so no run stays paused.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -70,7 +71,10 @@ class StubRun:
         self.args = (str(project.path), candidate, timeout, list(approvers), poll)
         self.outcome: dict[str, Any] | None = None
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        # the caller's context carries the test server's Prefect settings; a bare thread would
+        # fall back to the settings read at import and start an ephemeral server
+        context = contextvars.copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run,), daemon=True)
         self.request: PendingRequest | None = None
 
     def _run(self) -> None:
@@ -123,9 +127,15 @@ class StubRun:
         return self.outcome
 
     def close(self) -> None:
-        """Decide a request a failed test left open, so the flow thread ends."""
-        if not self.thread.is_alive() or self.request is None:
-            return
+        """Decide a request a failed test left open, so the flow thread ends; flush its logs
+        while the server still runs."""
+        from prefect.logging.handlers import APILogHandler
+
+        if self.thread.is_alive() and self.request is not None:
+            self._decide_for_cleanup()
+        APILogHandler().flush()
+
+    def _decide_for_cleanup(self) -> None:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(self.run_id)
             if run.state is not None and run.state.is_paused():

@@ -1,0 +1,247 @@
+"""One decision from Slack, the CLI or Socket Mode, end to end: a real Prefect server holds the
+paused run, the interactivity app runs under uvicorn, and Slack is a local fake that signs its
+requests exactly as Slack does."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import typer
+import uvicorn
+from prefect import get_client
+from typer.testing import CliRunner
+
+from driftloop.approve_cmd import approve, pending, reject
+from driftloop.slack_app import Interactions, create_app, run_socket_mode
+from tasks.approval import read_audit
+from tests.fakes.approval_stub import StubRun, project_copy
+from tests.fakes.slack_interactive import (
+    APP_TOKEN,
+    SIGNING_SECRET,
+    FakeSlackApp,
+    SocketModeServer,
+    click,
+    form_body,
+    sign,
+)
+from tests.support import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+CARD_TS = "1700000001.000100"  # the fake's first chat.postMessage: the approval card
+
+cli = typer.Typer()
+cli.command("approve")(approve)
+cli.command("reject")(reject)
+cli.command("pending")(pending)
+runner = CliRunner()
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    fake = FakeSlackApp().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
+    monkeypatch.setenv("SLACK_API_URL", fake.url)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def project(tmp_path):
+    return project_copy(tmp_path)
+
+
+@pytest.fixture
+def stub(prefect_server, slack, project, request):
+    runs: list[StubRun] = []
+
+    def start(**kwargs) -> StubRun:
+        run = StubRun(project, candidate=f"bikeshare:{request.node.name}-{len(runs)}", **kwargs)
+        runs.append(run)
+        return run.start()
+
+    yield start
+    for run in runs:
+        run.close()
+
+
+@pytest.fixture
+def app_url(project, slack, prefect_server):
+    """The interactivity app under uvicorn on a free port (HTTP transport)."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning")
+    )
+    context = contextvars.copy_context()  # the test server's Prefect settings
+    thread = threading.Thread(target=context.run, args=(server.run,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/slack/actions"
+    server.should_exit = True
+    thread.join(20)
+
+
+def post_clicks(url: str, bodies: list[bytes], gap: float = 0.0) -> list[tuple[int, float]]:
+    """POST signed bodies concurrently (`gap` s apart); (status, seconds to acknowledge) each."""
+
+    async def one(client, body, delay):
+        await asyncio.sleep(delay)
+        began = time.monotonic()
+        answer = await client.post(url, content=body, headers=sign(body))
+        return answer.status_code, time.monotonic() - began
+
+    async def go():
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await asyncio.gather(*(one(client, b, i * gap) for i, b in enumerate(bodies)))
+
+    return asyncio.run(go())
+
+
+def wait_for(predicate, timeout: float = 20) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def decisions(project, run_id):
+    return [e for e in read_audit(project, run_id) if e.event == "decision"]
+
+
+def refusals(project, run_id):
+    return [e for e in read_audit(project, run_id) if e.event == "refusal"]
+
+
+def test_the_same_signed_click_ten_times_concurrently_is_one_decision(
+    stub, slack, project, app_url
+):
+    run = stub()
+    body = form_body(click(run.button_value, message_ts=CARD_TS, response_url=slack.response_url()))
+    answers = post_clicks(app_url, [body] * 10)
+    assert [status for status, _ in answers] == [200] * 10
+    assert max(seconds for _, seconds in answers) < 2.5  # inside Slack's 3 s
+    outcome = run.result()
+    assert (outcome["outcome"], outcome["approver"], outcome["channel"]) == (
+        "approve",
+        "alice",
+        "slack",
+    )
+    assert len(decisions(project, run.run_id)) == 1
+    assert refusals(project, run.run_id) == []  # repeats were dropped, not re-decided
+    assert wait_for(lambda: slack.card_updates())
+    update = slack.card_updates()[-1]
+    assert update["ts"] == CARD_TS and "Approved by alice via slack" in json.dumps(update)
+    assert not any(b["type"] == "actions" for b in update["blocks"])
+
+
+def test_approve_and_reject_10ms_apart_one_wins_and_the_other_is_told(
+    stub, slack, project, app_url
+):
+    run = stub(approvers=("alice", "bob"))
+    approve_click = click(run.button_value, response_url=slack.response_url())
+    reject_click = click(
+        run.button_value, "reject", user=("U0BOB", "bob"), response_url=slack.response_url()
+    )
+    answers = post_clicks(app_url, [form_body(approve_click), form_body(reject_click)], gap=0.01)
+    assert [status for status, _ in answers] == [200, 200]
+    outcome = run.result()
+    (decided,) = decisions(project, run.run_id)
+    assert decided.decision == outcome["outcome"]
+    assert wait_for(lambda: slack.responses), "the loser was not told"
+    (told,) = slack.responses
+    winner = "approved by alice" if outcome["outcome"] == "approve" else "rejected by bob"
+    assert f"already {winner} via slack at " in told["text"]
+    assert len(refusals(project, run.run_id)) == 1
+
+
+def test_a_clicker_not_on_the_allow_list_changes_nothing_and_is_told(stub, slack, project, app_url):
+    run = stub(approvers=("alice",))
+    body = form_body(
+        click(run.button_value, user=("U0MAL", "mallory"), response_url=slack.response_url())
+    )
+    assert post_clicks(app_url, [body])[0][0] == 200
+    assert wait_for(lambda: slack.responses), "the refused clicker was not told"
+    assert "mallory is not on the approver allow-list" in slack.responses[0]["text"]
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.run_id).state.is_paused()
+    (refused,) = refusals(project, run.run_id)
+    assert (refused.approver, refused.channel) == ("mallory", "slack")
+    assert decisions(project, run.run_id) == [] and slack.card_updates() == []
+
+    alice = form_body(click(run.button_value, response_url=slack.response_url()))
+    post_clicks(app_url, [alice])
+    assert run.result()["approver"] == "alice"
+
+
+def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, project, app_url):
+    run = stub()
+    listed = runner.invoke(cli, ["pending", "--json", "--config", str(project.path)])
+    assert listed.exit_code == 0, listed.output
+    mine = [r for r in json.loads(listed.stdout) if r["run_id"] == run.run_id]
+    assert mine and mine[0]["url"].endswith(f"/runs/flow-run/{run.run_id}")
+
+    post_clicks(app_url, [form_body(click(run.button_value))])
+    assert run.result()["channel"] == "slack"
+    late = runner.invoke(
+        cli, ["approve", run.run_id, "--as", "alice", "--config", str(project.path)]
+    )
+    assert late.exit_code == 1
+    assert "already approved by alice via slack at " in late.output
+
+
+def test_cli_decides_a_request_and_reject_needs_a_reason(stub, project):
+    run = stub()
+    no_reason = runner.invoke(
+        cli, ["reject", run.run_id, "-m", " ", "--as", "alice", "--config", str(project.path)]
+    )
+    assert no_reason.exit_code == 2
+    stranger = runner.invoke(
+        cli, ["approve", run.run_id, "--as", "mallory", "--config", str(project.path)]
+    )
+    assert stranger.exit_code == 1 and "allow-list" in stranger.output
+    args = ["reject", run.run_id, "-m", "worse on weekends", "--as", "alice"]
+    done = runner.invoke(cli, [*args, "--config", str(project.path)])
+    assert done.exit_code == 0, done.output
+    assert "rejected by alice via cli" in done.output
+    assert run.result()["comment"] == "worse on weekends"
+
+
+def test_socket_mode_click_decides_the_run(stub, slack, project, monkeypatch):
+    server = SocketModeServer().start()
+    slack.socket_url = server.url
+    monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
+    run = stub()
+
+    async def go():
+        stop, ready = asyncio.Event(), asyncio.Event()
+        handler = Interactions(project)
+        serving = asyncio.create_task(run_socket_mode(project, stop, handler, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        envelope = await asyncio.to_thread(
+            server.send_interactive, click(run.button_value, message_ts=CARD_TS)
+        )
+        ack = await asyncio.to_thread(server.wait_ack, envelope, 3)
+        outcome = await asyncio.to_thread(run.result, 60)
+        await handler.drain(20)
+        stop.set()
+        await asyncio.wait_for(serving, 10)
+        return envelope, ack, outcome
+
+    try:
+        envelope, ack, outcome = asyncio.run(go())
+    finally:
+        server.stop()
+    assert ack == {"envelope_id": envelope}
+    assert (outcome["outcome"], outcome["channel"]) == ("approve", "slack")
+    assert "Approved by alice via slack" in json.dumps(slack.card_updates()[-1])
