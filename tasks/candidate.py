@@ -13,7 +13,7 @@ from model import artifacts
 from tasks.gate import GateResult, gate
 from tasks.package import bentoml_home, register_model
 from tasks.releases import Release
-from tasks.training import TrainingResult, reproduce
+from tasks.training import TrainingResult, push_outputs, reproduce
 from tasks.trainset import build_training_set, git_commit, version_training_set
 
 
@@ -29,6 +29,7 @@ def new_training_set(project: Project, serving: Release, run_id: str):
 def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]:
     """`dvc repro` (the pipeline a person runs by hand), dvc.lock committed; the candidate's tag."""
     result = reproduce(project)
+    push_outputs(project)
     git_commit(
         project,
         ["dvc.lock", str(artifacts.METRICS), str(artifacts.PREDICTIONS_PLOT)],

@@ -34,3 +34,12 @@ def read_metrics(project: Project) -> dict[str, float]:
         return {}
     payload = json.loads(path.read_text())
     return {k: v for k, v in payload.items() if k in project.config.metric_names}
+
+
+def push_outputs(project: Project) -> None:
+    """`dvc push`: the candidate's model and prepared data reach the remote with its data."""
+    run(
+        [bin_path("dvc"), "push", "-q"],
+        project.root,
+        hint="check the DVC remote (`dvc remote list`); the candidate stays in the local cache",
+    )
