@@ -21,6 +21,7 @@ def free_endpoints(raw: dict) -> None:
     for key in ("prefect", "pushgateway", "prometheus", "alertmanager", "worker", "reports"):
         raw["endpoints"][key] = f"http://127.0.0.1:{free_port()}"
     raw["serving"]["port"] = free_port()
+    raw["serving"]["slot_ports"] = [free_port(), free_port()]
     raw["stack"]["scrape_interval_seconds"] = 1
 
 
