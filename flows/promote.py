@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger
 
 from config.loader import load_project
 from tasks.notify import Notice, close_thread, send_notice
-from tasks.package import build_bento
+from tasks.package import build_bento, export_bento
 from tasks.rollout import go_live
 
 
@@ -32,7 +32,8 @@ def promote(
             "evidence_hash": evidence_hash,
         },
     )
-    logger.info("built %s", bento.tag)
+    archive = export_bento(project, bento.tag)
+    logger.info("built %s; release artifact %s", bento.tag, archive)
 
     # 2. roll forward: idle slot ready, traffic switched, old slot stopped
     release = go_live(project, bento)

@@ -102,3 +102,37 @@ def push(project: Project, job: str, registry: CollectorRegistry, replace: bool)
 @task(name="push_metrics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
 def publish_metrics(project: Project, m: MonitorMetrics) -> None:
     push_monitor_metrics(project, m)
+
+
+def push_serving_info(project: Project, release) -> bool:
+    """`driftloop_serving_info{...} 1` and the release time for what serves now; a down
+    Pushgateway is logged, never a reason to undo a release (the record is the file)."""
+    import logging
+
+    registry = CollectorRegistry()
+    labels = release.labels
+    info = Gauge(
+        "driftloop_serving_info",
+        "1 for the release serving now",
+        ("bento", "model_tag", "data_rev", "git_commit", "approver"),
+        registry=registry,
+    )
+    info.labels(
+        release.bento,
+        release.model_tag,
+        labels.get("data_rev", ""),
+        labels.get("git_commit", ""),
+        labels.get("approver", ""),
+    ).set(1)
+    Gauge(
+        "driftloop_release_timestamp_seconds",
+        "When the release began serving",
+        ("bento",),
+        registry=registry,
+    ).labels(release.bento).set(time.time())
+    try:
+        push(project, SERVING_JOB, registry, replace=True)
+    except PublishError as exc:
+        logging.getLogger("driftloop.metrics").warning("serving info not published: %s", exc)
+        return False
+    return True

@@ -111,3 +111,16 @@ def bento_info(project: Project, tag: str) -> dict:
         hint=f"is {tag} in the store? `bentoml list`",
     )
     return json.loads(out)
+
+
+def export_bento(project: Project, tag: str) -> Path:
+    """The release artifact: `bentoml export` to an absolute path (a relative one lands in /)."""
+    target = (project.state_dir / "releases" / f"{tag.replace(':', '-')}.bento").resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    run(
+        [bin_path("bentoml"), "export", tag, str(target)],
+        project.root,
+        env=bentoml_env(project),
+        hint="is the bento in the store? `bentoml list`",
+    )
+    return target

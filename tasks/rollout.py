@@ -7,6 +7,7 @@ previous release keeps serving until the switch succeeded.
 from __future__ import annotations
 
 from config.loader import Project
+from tasks.metrics import push_serving_info
 from tasks.package import Bento
 from tasks.releases import Release, read_serving, record_serving
 from tasks.serving import SLOTS, start_slot, stop_slot, switch_traffic
@@ -41,4 +42,5 @@ def go_live(project: Project, bento: Bento) -> Release:
     )
     if current is not None and current.slot in SLOTS and current.slot != slot:
         stop_slot(project, current.slot)
+    push_serving_info(project, release)
     return release

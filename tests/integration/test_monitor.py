@@ -68,6 +68,7 @@ def live(tmp_path):
 
 
 def test_monitor_publishes_notifies_reports_and_goes_stale(live):
+    from tasks.releases import read_serving
     from tasks.traffic import load_traffic, replay
 
     project, slack, env = live
@@ -102,6 +103,15 @@ def test_monitor_publishes_notifies_reports_and_goes_stale(live):
         return float(found[0]["value"][1]) if found else None
 
     assert wait_for(share, 30) == pytest.approx(may["drift_share"])
+
+    def serving_info():
+        result = httpx.get(
+            f"{prom}/api/v1/query", params={"query": f'driftloop_serving_info{{model="{name}"}}'}
+        ).json()
+        return result["data"]["result"] or None
+
+    (info,) = wait_for(serving_info, 30)
+    assert info["metric"]["bento"] == read_serving(project).bento
 
     # one Slack thread per cycle: the second notice replies to the first
     june = monitor(root, env, "2011-06-01", "2011-07-01")

@@ -164,3 +164,16 @@ def test_replay_sends_in_event_time_with_delayed_labels(served):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert window.frame["label"].notna().sum() == stats.labelled
+
+
+def test_release_artifact_is_exported_with_its_model(served):
+    import tarfile
+
+    from tasks.package import export_bento
+
+    project, bento, _ = served
+    archive = export_bento(project, bento.tag)
+    assert archive.is_absolute() and archive.parent == (project.state_dir / "releases").resolve()
+    with tarfile.open(archive) as tar:  # the archive carries the model, unlike the local store
+        names = tar.getnames()
+    assert any(bento.model_tag.split(":")[1] in name for name in names)
