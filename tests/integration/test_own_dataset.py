@@ -36,6 +36,7 @@ def diabetes(root):
         },
         "train": {"estimator": "sklearn.linear_model.Ridge", "params": {"alpha": 0.5}},
         "evaluate": {"metrics": ["mae", "rmse"], "primary": "mae"},
+        "gate": {"guard_metrics": ["rmse"]},
     }
 
 
@@ -52,6 +53,7 @@ def breast_cancer(root):
             "params": {"C": 1.0, "max_iter": 500},
         },
         "evaluate": {},
+        "gate": {"guard_metrics": []},
     }
 
 
@@ -67,6 +69,7 @@ def wine(root):
             "params": {"n_estimators": 50},
         },
         "evaluate": {"primary": "accuracy"},
+        "gate": {"guard_metrics": ["f1_macro"]},
     }
 
 
@@ -76,7 +79,8 @@ def test_own_dataset_by_config_alone(tmp_path, dataset):
     sections = dataset(root)
 
     def change(raw):
-        raw.update(sections)
+        raw.update({k: v for k, v in sections.items() if k != "gate"})
+        raw["gate"].update(sections["gate"])
         raw["serving"]["slot_ports"] = [free_port(), free_port()]
 
     edit_config(root, change)
