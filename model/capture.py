@@ -39,10 +39,6 @@ def parse_time(value: str | None) -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def partition_dir(root: Path, kind: str, when: datetime) -> Path:
-    return root / kind / f"dt={when:%Y-%m-%d}" / f"hour={when:%H}"
-
-
 def capture_schema(numeric: list[str], categorical: list[str], task: str) -> dict[str, pa.Schema]:
     """Fixed parquet schemas so every file of a model unifies: numbers float64, categories str."""
     target_type = pa.float64() if task == "regression" else pa.string()
