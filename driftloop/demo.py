@@ -61,6 +61,7 @@ def run_demo(
     )
     try:
         step("2. the first model learns winter: training data under DVC, `dvc repro`")
+        reset_story(project)
         state = ensure_data(project)
         console.print(f"{state.path}: {state.action} (DVC md5 {state.md5})")
         with console.status("dvc repro ..."):
@@ -101,6 +102,22 @@ def run_demo(
         else:
             stack.down(project)
             console.print("stack stopped")
+
+
+def reset_story(project: Project) -> None:
+    """Every demo tells the story from the start: the winter training data (from data.source)
+    and no captured traffic, monitor history or open Slack thread left by an earlier run."""
+    import shutil
+
+    from tasks.capture import capture_root
+    from tasks.data import create_from_source
+    from tasks.history import history_dir
+
+    for path in (capture_root(project), history_dir(project)):
+        shutil.rmtree(path, ignore_errors=True)
+    (project.state_dir / "slack_threads.json").unlink(missing_ok=True)
+    if project.config.data.source is not None:
+        create_from_source(project)  # the same bytes as the committed winter data rev
 
 
 def replay_and_monitor(project: Project, month: str, start: datetime, end: datetime) -> WindowRow:
