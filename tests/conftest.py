@@ -78,3 +78,41 @@ def prefect_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, 9)
     log.close()
+
+
+@pytest.fixture
+def slack(monkeypatch):
+    """The local Slack (Web API, interactivity, Socket Mode) with the app's secrets set."""
+    from tests.fakes.slack_interactive import SIGNING_SECRET, FakeSlackApp
+
+    fake = FakeSlackApp().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
+    monkeypatch.setenv("SLACK_API_URL", fake.url)
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project whose state lives under tmp_path (approval requests, audit, threads)."""
+    from tests.fakes.approval_stub import project_copy
+
+    return project_copy(tmp_path)
+
+
+@pytest.fixture
+def stub(prefect_server, slack, project, request):
+    """Start stub flows asking for approval; nothing is left paused behind."""
+    from tests.fakes.approval_stub import StubRun
+
+    runs = []
+
+    def start(**kwargs):
+        run = StubRun(project, candidate=f"bikeshare:{request.node.name}-{len(runs)}", **kwargs)
+        runs.append(run)
+        return run.start()
+
+    yield start
+    for run in runs:
+        run.close()

@@ -18,11 +18,9 @@ from slack_sdk.signature import Clock, SignatureVerifier
 
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, verify
 from tasks.approval import Decision, SubmitResult
-from tests.fakes.approval_stub import project_copy
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
     SIGNING_SECRET,
-    FakeSlackApp,
     SocketModeServer,
     click,
     form_body,
@@ -79,20 +77,6 @@ class FakeSubmit:
             message=f"{approver} is not on the approver allow-list (alice)",
             run_id=run_id,
         )
-
-
-@pytest.fixture
-def slack(monkeypatch):
-    fake = FakeSlackApp().start()
-    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
-    monkeypatch.setenv("SLACK_API_URL", fake.url)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def project(tmp_path):
-    return project_copy(tmp_path)
 
 
 def raw(headers: dict) -> dict:

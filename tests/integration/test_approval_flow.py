@@ -20,11 +20,8 @@ from typer.testing import CliRunner
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.slack_app import Interactions, create_app, run_socket_mode
 from tasks.approval import read_audit
-from tests.fakes.approval_stub import StubRun, project_copy
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
-    SIGNING_SECRET,
-    FakeSlackApp,
     SocketModeServer,
     click,
     form_body,
@@ -40,35 +37,6 @@ cli.command("approve")(approve)
 cli.command("reject")(reject)
 cli.command("pending")(pending)
 runner = CliRunner()
-
-
-@pytest.fixture
-def slack(monkeypatch):
-    fake = FakeSlackApp().start()
-    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
-    monkeypatch.setenv("SLACK_API_URL", fake.url)
-    monkeypatch.setenv("SLACK_SIGNING_SECRET", SIGNING_SECRET)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def project(tmp_path):
-    return project_copy(tmp_path)
-
-
-@pytest.fixture
-def stub(prefect_server, slack, project, request):
-    runs: list[StubRun] = []
-
-    def start(**kwargs) -> StubRun:
-        run = StubRun(project, candidate=f"bikeshare:{request.node.name}-{len(runs)}", **kwargs)
-        runs.append(run)
-        return run.start()
-
-    yield start
-    for run in runs:
-        run.close()
 
 
 @pytest.fixture

@@ -27,41 +27,11 @@ from tasks.approval import (
     read_audit,
     submit_decision,
 )
-from tests.fakes.approval_stub import StubRun, project_copy, sample_evidence
-from tests.fakes.slack_interactive import FakeSlackApp
+from tests.fakes.approval_stub import project_copy, sample_evidence
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(180)
 CARD_TS = "1700000001.000100"  # the fake's first chat.postMessage: the approval card
-
-
-@pytest.fixture
-def slack(monkeypatch):
-    fake = FakeSlackApp().start()
-    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
-    monkeypatch.setenv("SLACK_API_URL", fake.url)
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def project(tmp_path):
-    return project_copy(tmp_path)
-
-
-@pytest.fixture
-def stub(prefect_server, slack, project, request):
-    """Start a stub flow asking for approval; always leave nothing paused behind."""
-    runs: list[StubRun] = []
-
-    def start(**kwargs) -> StubRun:
-        run = StubRun(project, candidate=f"bikeshare:{request.node.name}-{len(runs)}", **kwargs)
-        runs.append(run)
-        return run.start()
-
-    yield start
-    for run in runs:
-        run.close()
 
 
 def state_of(run_id: str):

@@ -10,22 +10,12 @@ import pytest
 
 from config.loader import load_project
 from tasks.notify import Notice, current_thread, open_thread, post_notice, update_notice
-from tests.fakes.slack_api import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTICE = Notice(
     text="bikeshare: dataset drift",
     blocks=[{"type": "section", "text": {"type": "mrkdwn", "text": "*temp* 0.31 > 0.1"}}],
 )
-
-
-@pytest.fixture
-def slack(monkeypatch):
-    fake = FakeSlack().start()
-    monkeypatch.setenv("SLACK_BOT_TOKEN", fake.token)
-    monkeypatch.setenv("SLACK_API_URL", fake.url)
-    yield fake
-    fake.stop()
 
 
 @pytest.fixture
