@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Collection, Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -126,32 +126,11 @@ def _spec(source: Project | FeatureSchema) -> _Spec:
 
 
 def validate_window(
-    frame: pd.DataFrame,
-    source: Project | FeatureSchema,
-    *,
-    role: Literal["reference", "current"] = "current",
-    known_categories: Mapping[str, Collection[str]] | None = None,
-    min_rows: int | None = None,
-    max_nan_share: float = MAX_NAN_SHARE,
-    prediction_column: str = PREDICTION_COLUMN,
-    proba_prefix: str = PROBA_PREFIX,
+    frame: pd.DataFrame, source: Project | FeatureSchema, **options: Any
 ) -> WindowVerdict:
-    """Validate `frame` against the configured features (or a model's `FeatureSchema`).
-
-    `known_categories` (e.g. the reference profile's) enables the unseen-categories check; a
-    `FeatureSchema` brings the categories the model was trained on.
-    """
-    verdict, _ = inspect_window(
-        frame,
-        source,
-        role=role,
-        known_categories=known_categories,
-        min_rows=min_rows,
-        max_nan_share=max_nan_share,
-        prediction_column=prediction_column,
-        proba_prefix=proba_prefix,
-    )
-    return verdict
+    """Validate `frame` against the configured features (or a model's `FeatureSchema`);
+    `options` are `inspect_window`'s (role, known_categories, min_rows, max_nan_share, ...)."""
+    return inspect_window(frame, source, **options)[0]
 
 
 def inspect_window(
