@@ -135,6 +135,21 @@ class ColumnDrift(BaseModel):
     reference_values: int = 0
     current_values: int = 0
 
+    @classmethod
+    def untested(cls, column: str, kind: Kind, ref_n: int, cur_n: int) -> ColumnDrift:
+        """Too few usable values on a side: reported, never guessed."""
+        return cls(
+            column=column,
+            kind=kind,
+            method=None,
+            score=None,
+            threshold=None,
+            drifted=False,
+            status="insufficient_data",
+            reference_values=ref_n,
+            current_values=cur_n,
+        )
+
 
 class ColumnQuality(BaseModel):
     column: str
@@ -358,17 +373,7 @@ def _column(
 ) -> ColumnDrift:
     r, c = ref.side(column), cur.side(column)
     if stat is None:
-        return ColumnDrift(
-            column=column,
-            kind=kind,
-            method=None,
-            score=None,
-            threshold=None,
-            drifted=False,
-            status="insufficient_data",
-            reference_values=r.n,
-            current_values=c.n,
-        )
+        return ColumnDrift.untested(column, kind, r.n, c.n)
     return ColumnDrift(
         column=column,
         kind=kind,
@@ -599,19 +604,7 @@ def preset_drift(
             update = {"reference_values": ref_n, "current_values": cur_n}
             out.append(mapped[column].model_copy(update=update))
         else:
-            out.append(
-                ColumnDrift(
-                    column=column,
-                    kind=kind,
-                    method=None,
-                    score=None,
-                    threshold=None,
-                    drifted=False,
-                    status="insufficient_data",
-                    reference_values=ref_n,
-                    current_values=cur_n,
-                )
-            )
+            out.append(ColumnDrift.untested(column, kind, ref_n, cur_n))
     return out
 
 
