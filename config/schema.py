@@ -116,6 +116,43 @@ class ServingConfig(Section):
         0.01, ge=0, le=1, description="5xx share above which serving alerts / rolls back."
     )
     max_p95_latency_seconds: float = Field(0.5, gt=0)
+    backend: Literal["local", "containerize", "kubernetes"] = Field(
+        "local",
+        description="local: blue/green slots behind the stack's nginx; containerize: also build "
+        "an OCI image of each release (needs a Docker daemon); kubernetes: apply deployments/k8s.",
+    )
+    image_repository: str = Field(
+        "", description="Image name for containerize/kubernetes; default: the project name."
+    )
+    smoke_rows: int = Field(
+        20, ge=1, le=1000, description="Rows whose served predictions must equal the offline ones."
+    )
+    watch_seconds: float = Field(
+        20, ge=0, description="After the switch, how long errors and latency are watched."
+    )
+    probe_interval_seconds: float = Field(
+        0.5, gt=0, description="How often the watch sends its own probe through nginx."
+    )
+
+
+class KubernetesConfig(Section):
+    """The same bento image past one machine: rendered into deployments/k8s by `driftloop render`."""
+
+    namespace: str = "driftloop"
+    context: str = Field("", description="kubectl context; empty: kubectl's current one.")
+    strategy: Literal["deployment", "argo"] = Field(
+        "deployment", description="A plain Deployment, or an Argo Rollouts canary with analysis."
+    )
+    replicas: int = Field(2, ge=1)
+    cpu_request: str = "500m"
+    memory_request: str = "512Mi"
+    memory_limit: str = "1Gi"
+    pre_stop_seconds: int = Field(10, ge=0, description="Drain time before a pod gets SIGTERM.")
+    rollout_timeout_seconds: int = Field(300, ge=10, description="A stalled rollout is undone.")
+    prometheus_url: str = Field(
+        "http://prometheus.monitoring.svc:9090",
+        description="Prometheus the Argo analysis queries for the 5xx ratio.",
+    )
 
 
 class CaptureConfig(Section):
@@ -251,6 +288,7 @@ class DriftloopConfig(Section):
     train: TrainConfig
     evaluate: EvaluateConfig = EvaluateConfig()
     serving: ServingConfig = ServingConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
     policy: PolicyConfig = PolicyConfig()
