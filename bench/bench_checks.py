@@ -1,50 +1,48 @@
-"""The monitor's check step against the numpy/scipy limit and Evidently's preset, same process.
+"""The `driftloop check` path against the numpy/scipy limit and Evidently's preset, same run.
 
-One JSON line per case (rows x 20 numeric + 3 categorical columns, reference = current size):
+One JSON line per size (rows x 20 numeric + 3 categorical, reference = current size; numeric
+columns shifted by 0 / 0.05 / 0.5 sd in turn, categoricals by 0 / 2 pp / a swap of the top two):
 
-* `limit_s`: the statistics Evidently's preset picks by default (normed Wasserstein per numeric
-  column, Jensen-Shannon on category shares), plain scipy, one thread, nothing else;
-* `checks_cold_s`: `run_checks(reference_frame, current_frame)`: validation of both frames,
-  both profiles, drift, data quality (two worker threads);
-* `checks_warm_s`: `run_checks(saved_profile, current_frame)`, the monitor's steady state, with
-  `profile_build_s` the once-per-data-rev cost it skips; `checks_1thread_s` is cold on one thread;
-* `preset_s`: Evidently `Report([DataDriftPreset()])` on `Dataset`s with a `DataDefinition`;
-* `read_s`: `pd.read_parquet` of both files (page-cached: a decode floor, not a disk floor);
-* agreement of our per-column verdicts (and scores, to 1e-9) with the preset and the limit;
-* peak RSS above the frames' baseline per variant (VmHWM, reset between variants) against the
-  frames' in-memory size.
+* `checks_s`: `run_checks(reference, current)` as `driftloop check` runs it (validation, both
+  profiles, drift, data quality; the configured two workers); `checks_1thread_s` on one thread;
+  `checks_warm_s` against a saved reference profile, the monitor's steady state;
+* `limit_s`: the statistics the preset picks by default (normed Wasserstein per numeric column,
+  Jensen-Shannon on category shares), plain numpy/scipy on one thread, nothing else;
+* `preset_s`: Evidently `Report([DataDriftPreset()])`, and verdict (and score) agreement with it;
+* `read_s`: `pd.read_parquet` of the two files (page-cached: a decode floor, not a disk floor);
+* peak RSS of the check path (read both files, run the checks) in a fresh process, above that
+  process's RSS after imports, against the in-memory size of the two frames.
 
-Variants run round-robin in each repeat; medians are reported, ratios taken within this run.
-Usage: python bench/bench_checks.py [--rows 10000,100000] [--repeats 3] [--skip-preset-above N]
+Timing runs in one child process per size, variants round-robin in each repeat, medians reported;
+the memory case runs in another child so no earlier case inflates its peak.
+Usage: python bench/bench_checks.py [--size small|full] [--rows 10000,100000] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
+import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
+from typing import Any
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")  # the limit is single-threaded by definition
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import goal, median, pin_threads, ratio, rss_mib, timed
+
+pin_threads()
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from config.loader import Project  # noqa: E402
-from config.schema import DriftloopConfig  # noqa: E402
-from tasks.checks import CheckSettings, preset_drift, reference_profile, run_checks  # noqa: E402
-
+FULL_ROWS = (10_000, 100_000, 1_000_000)
+SMALL_ROWS = (10_000,)
 SHIFTS = (0.0, 0.05, 0.5)  # column i is shifted by SHIFTS[i % 3] standard deviations
 CARDINALITIES = (5, 20, 200)
+PRESET_REPEATS_ABOVE = 100_000  # the preset runs once above this size (~75 s at 1M rows)
 
 
 # ---------------------------------------------------------------- data
@@ -62,9 +60,10 @@ def _numeric(rng: np.random.Generator, i: int, rows: int) -> tuple[np.ndarray, f
     return rng.poisson(20, rows).astype("float64"), float(np.sqrt(20))
 
 
-def make_frames(rows: int, numeric: int = 20, categorical: int = 3, seed: int = 0):
-    """Reference and current: numeric shifts of 0 / 0.05 / 0.5 sd; categorical Zipf shares moved
-    by 0, by 2 percentage points, or with the two most frequent categories swapped."""
+def make_frames(
+    rows: int, numeric: int = 20, categorical: int = 3, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Reference and current with known shifts, so every verdict has an expected answer."""
     rng = np.random.default_rng(seed)
     ref: dict[str, np.ndarray] = {}
     cur: dict[str, np.ndarray] = {}
@@ -88,7 +87,11 @@ def make_frames(rows: int, numeric: int = 20, categorical: int = 3, seed: int = 
     return pd.DataFrame(ref), pd.DataFrame(cur)
 
 
-def make_project(numeric: list[str], categorical: list[str]) -> Project:
+def make_project(numeric: list[str], categorical: list[str]):
+    """A project whose config names the synthetic columns; everything else keeps defaults."""
+    from config.loader import Project
+    from config.schema import DriftloopConfig
+
     cfg = DriftloopConfig.model_validate(
         {
             "data": {
@@ -102,6 +105,10 @@ def make_project(numeric: list[str], categorical: list[str]) -> Project:
         }
     )
     return Project(config=cfg, path=Path("driftloop.yaml"), root=Path("."))
+
+
+def split_columns(frame: pd.DataFrame) -> tuple[list[str], list[str]]:
+    return [c for c in frame if c.startswith("n")], [c for c in frame if c.startswith("c")]
 
 
 # ---------------------------------------------------------------- the limit
@@ -125,153 +132,178 @@ def limit(ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical:
     return out
 
 
-# ---------------------------------------------------------------- measuring
-def _peak_reset() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+# ---------------------------------------------------------------- child: timing
+def time_case(ref_path: Path, cur_path: Path, repeats: int, preset_repeats: int) -> dict:
+    """Every variant round-robin in one process; medians, and the verdicts of the last repeat."""
+    from tasks.checks import CheckSettings, preset_drift, reference_profile, run_checks
 
-
-def _rss_mib(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def measure(fn):
-    """(seconds, result, peak RSS MiB during the call above the RSS before it)."""
-    can_reset = _peak_reset()
-    before = _rss_mib("VmRSS")
-    started = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - started
-    peak = _rss_mib("VmHWM") if can_reset else None
-    extra = None if peak is None or before is None else max(peak - before, 0.0)
-    return seconds, result, extra
-
-
-def run_case(rows: int, repeats: int, with_preset: bool, tmp: Path) -> dict:
-    ref_frame, cur_frame = make_frames(rows)
-    numeric = [c for c in ref_frame if c.startswith("n")]
-    categorical = [c for c in ref_frame if c.startswith("c")]
+    ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
+    numeric, categorical = split_columns(ref)
     project = make_project(numeric, categorical)
-    ref_path, cur_path = tmp / f"ref_{rows}.parquet", tmp / f"cur_{rows}.parquet"
-    ref_frame.to_parquet(ref_path, index=False)
-    cur_frame.to_parquet(cur_path, index=False)
-    del ref_frame, cur_frame
-    ref = pd.read_parquet(ref_path)
-    cur = pd.read_parquet(cur_path)
-    frames_mib = (ref.memory_usage(deep=True).sum() + cur.memory_usage(deep=True).sum()) / 2**20
     one_thread = CheckSettings.from_project(project, workers=1)
+    warm_up = slice(0, 5000)  # imports and first-call costs stay out of the timings
+    run_checks(ref.iloc[warm_up], cur.iloc[warm_up], project)
+    limit(ref.iloc[warm_up], cur.iloc[warm_up], numeric, categorical)
+    profile = reference_profile(ref, project, key="bench")
 
-    # warm-up: imports and first-call costs stay out of the timings
-    small = slice(0, 5000)
-    run_checks(ref.iloc[small], cur.iloc[small], project)
-    limit(ref.iloc[small], cur.iloc[small], numeric, categorical)
-
-    times: dict[str, list[float]] = {}
-    peaks: dict[str, float | None] = {}
-    results: dict[str, object] = {}
     variants = {
         "read": lambda: (pd.read_parquet(ref_path), pd.read_parquet(cur_path)),
         "limit": lambda: limit(ref, cur, numeric, categorical),
-        "checks_cold": lambda: run_checks(ref, cur, project),
+        "checks": lambda: run_checks(ref, cur, project),
         "checks_1thread": lambda: run_checks(ref, cur, project, settings=one_thread),
-        "profile_build": lambda: reference_profile(ref, project, key="bench"),
+        "checks_warm": lambda: run_checks(profile, cur, project),
+        "preset": lambda: preset_drift(ref, cur, project),
     }
-    if with_preset:
-        variants["preset"] = lambda: preset_drift(ref, cur, project)
-    for _ in range(repeats):
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    results: dict[str, Any] = {}
+    for i in range(repeats):
         for name, fn in variants.items():
-            seconds, result, peak = measure(fn)
-            times.setdefault(name, []).append(seconds)
-            peaks[name] = max(peaks.get(name) or 0.0, peak) if peak is not None else None
-            results[name] = None if name == "read" else result
-            del result
-        profile = results["profile_build"]
-        seconds, result, peak = measure(lambda p=profile: run_checks(p, cur, project))
-        times.setdefault("checks_warm", []).append(seconds)
-        peaks["checks_warm"] = max(peaks.get("checks_warm") or 0.0, peak or 0.0)
-        results["checks_warm"] = result
+            if name == "preset" and i >= preset_repeats:
+                continue
+            seconds, results[name] = timed(fn)
+            times[name].append(seconds)
+    return {
+        "times": {name: median(values) for name, values in times.items()},
+        "all_s": {name: [round(v, 4) for v in values] for name, values in times.items()},
+        "agreement": agreement(results["checks"], results["limit"], results["preset"]),
+        "dataset_drift": results["checks"].dataset_drift,
+        "drift_share": round(results["checks"].drift_share, 4),
+    }
 
-    med = {name: statistics.median(values) for name, values in times.items()}
-    low = {name: min(values) for name, values in times.items()}
-    ours = results["checks_cold"]
-    lim = results["limit"]
-    agree_limit = sum(
+
+def agreement(ours, lim: dict, preset: list) -> dict[str, Any]:
+    """Columns whose method and verdict (and, against the preset, score to 1e-9) are equal."""
+    theirs = {c.column: c for c in preset}
+    with_limit = sum(
         c.method == lim[c.column][0] and c.drifted == lim[c.column][2] for c in ours.columns
     )
-    line: dict[str, object] = {
+    verdicts = sum(
+        c.method == theirs[c.column].method and c.drifted == theirs[c.column].drifted
+        for c in ours.columns
+    )
+    scores = sum(
+        abs(c.score - theirs[c.column].score) <= 1e-9 * max(1.0, abs(c.score))
+        for c in ours.columns
+    )
+    n = len(ours.columns)
+    return {
+        "verdicts_equal_preset": f"{verdicts}/{n}",
+        "scores_equal_preset": f"{scores}/{n}",
+        "verdicts_equal_limit": f"{with_limit}/{n}",
+        "drifted_columns": sorted(c.column for c in ours.columns if c.drifted),
+    }
+
+
+# ---------------------------------------------------------------- child: memory
+def memory_case(ref_path: Path, cur_path: Path) -> dict:
+    """Peak RSS of read + check in this fresh process, above its RSS once imports are done."""
+    from tasks.checks import run_checks
+
+    small = pd.read_parquet(ref_path).head(2000)
+    numeric, categorical = split_columns(small)
+    project = make_project(numeric, categorical)
+    run_checks(small, small, project)  # lazily imported modules load before the baseline
+    del small
+    baseline = rss_mib("VmRSS")
+    ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
+    run_checks(ref, cur, project)
+    peak = rss_mib("VmHWM")
+    frames = (ref.memory_usage(deep=True).sum() + cur.memory_usage(deep=True).sum()) / 2**20
+    return {"baseline_mib": baseline, "peak_mib": peak, "frames_mib": float(frames)}
+
+
+# ---------------------------------------------------------------- parent
+def child(mode: str, ref_path: Path, cur_path: Path, *extra: str) -> dict:
+    """Run one measurement in a fresh interpreter; its last stdout line is its JSON result."""
+    done = subprocess.run(
+        [sys.executable, __file__, f"--{mode}", str(ref_path), str(cur_path), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{mode} child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_size(rows: int, repeats: int, tmp: Path) -> dict:
+    ref, cur = make_frames(rows)
+    ref_path, cur_path = tmp / f"reference_{rows}.parquet", tmp / f"current_{rows}.parquet"
+    ref.to_parquet(ref_path, index=False)
+    cur.to_parquet(cur_path, index=False)
+    numeric, categorical = split_columns(ref)
+    del ref, cur
+    memory = child("memory", ref_path, cur_path)
+    preset_repeats = 1 if rows > PRESET_REPEATS_ABOVE else repeats
+    timing = child("timing", ref_path, cur_path, str(repeats), str(preset_repeats))
+    return summarize(rows, f"{len(numeric)}+{len(categorical)}", repeats, timing, memory)
+
+
+def summarize(rows: int, columns: str, repeats: int, timing: dict, memory: dict) -> dict:
+    t, agree = timing["times"], timing["agreement"]
+    over_limit = ratio(t["checks"], t["limit"])
+    mem_ratio = ratio(memory["peak_mib"] - memory["baseline_mib"], memory["frames_mib"])
+    n = agree["verdicts_equal_preset"].split("/")[1]
+    return {
         "bench": "checks",
+        "case": f"{rows}x{columns}",
         "rows": rows,
-        "columns": f"{len(numeric)}+{len(categorical)}",
+        "columns": columns,
         "repeats": repeats,
-        "read_s": round(med["read"], 4),
-        "limit_s": round(med["limit"], 4),
-        "checks_cold_s": round(med["checks_cold"], 4),
-        "checks_warm_s": round(med["checks_warm"], 4),
-        "checks_1thread_s": round(med["checks_1thread"], 4),
-        "profile_build_s": round(med["profile_build"], 4),
-        "cold_over_limit": round(med["checks_cold"] / med["limit"], 3),
-        "cold_over_limit_min": round(low["checks_cold"] / low["limit"], 3),
-        "warm_over_limit": round(med["checks_warm"] / med["limit"], 3),
-        "1thread_over_limit": round(med["checks_1thread"] / med["limit"], 3),
-        "read_plus_cold_over_read_plus_limit": round(
-            (med["read"] + med["checks_cold"]) / (med["read"] + med["limit"]), 3
-        ),
-        "verdicts_equal_limit": f"{agree_limit}/{len(ours.columns)}",
-        "dataset_drift": ours.dataset_drift,
-        "drift_share": round(ours.drift_share, 4),
-        "frames_mib": round(frames_mib, 1),
-        "peak_extra_mib": {k: None if v is None else round(v, 1) for k, v in peaks.items()},
+        "checks_s": round(t["checks"], 4),
+        "checks_1thread_s": round(t["checks_1thread"], 4),
+        "checks_warm_s": round(t["checks_warm"], 4),
+        "limit_s": round(t["limit"], 4),
+        "preset_s": round(t["preset"], 4),
+        "read_s": round(t["read"], 4),
+        "checks_over_limit": over_limit,
+        "checks_1thread_over_limit": ratio(t["checks_1thread"], t["limit"]),
+        "checks_warm_over_limit": ratio(t["checks_warm"], t["limit"]),
+        "preset_over_limit": ratio(t["preset"], t["limit"]),
+        "preset_over_checks": ratio(t["preset"], t["checks"], 1),
+        "read_over_limit": ratio(t["read"], t["limit"]),
+        **agree,
+        "dataset_drift": timing["dataset_drift"],
+        "drift_share": timing["drift_share"],
+        "frames_mib": round(memory["frames_mib"], 1),
+        "rss_baseline_mib": round(memory["baseline_mib"], 1),
+        "rss_peak_mib": round(memory["peak_mib"], 1),
+        "rss_over_frames": mem_ratio,
+        "all_s": timing["all_s"],
+        "goals": {
+            "checks_over_limit": goal(over_limit, "<=", 5.0 if rows <= 10_000 else 2.0),
+            "verdicts_equal_preset": goal(agree["verdicts_equal_preset"], "==", f"{n}/{n}"),
+            "rss_over_frames": goal(mem_ratio, "<=", 3.0),
+        },
     }
-    if with_preset:
-        theirs = {c.column: c for c in results["preset"]}
-        same = sum(
-            c.method == theirs[c.column].method
-            and c.drifted == theirs[c.column].drifted
-            and abs(c.score - theirs[c.column].score) <= 1e-9 * max(1.0, abs(c.score))
-            for c in ours.columns
-        )
-        line |= {
-            "preset_s": round(med["preset"], 4),
-            "preset_over_limit": round(med["preset"] / med["limit"], 3),
-            "preset_over_cold": round(med["preset"] / med["checks_cold"], 3),
-            "verdicts_and_scores_equal_preset": f"{same}/{len(ours.columns)}",
-        }
-    line["env"] = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "cpus": os.cpu_count(),
-        "load_1m": round(os.getloadavg()[0], 2),
-    }
-    return line
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", default="10000,100000", help="comma-separated row counts")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--skip-preset-above",
-        type=int,
-        default=None,
-        help="skip Evidently's preset (slow: ~75 s at 1M rows) above this many rows",
-    )
+    parser.add_argument("--size", choices=("small", "full"), default="full")
+    parser.add_argument("--rows", default=None, help="comma-separated row counts (overrides size)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--timing", nargs=4, metavar=("REF", "CUR", "REPEATS", "PRESET_REPEATS"))
+    parser.add_argument("--memory", nargs=2, metavar=("REF", "CUR"))
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.timing:
+        ref, cur, repeats, preset_repeats = args.timing
+        out = time_case(Path(ref), Path(cur), int(repeats), int(preset_repeats))
+        print(json.dumps(out))
+        return
+    if args.memory:
+        print(json.dumps(memory_case(Path(args.memory[0]), Path(args.memory[1]))))
+        return
+    from bench.common import emit
+
+    sizes = SMALL_ROWS if args.size == "small" else FULL_ROWS
+    if args.rows:
+        sizes = tuple(int(r) for r in args.rows.split(","))
+    repeats = args.repeats or (1 if args.size == "small" else 3)
     with tempfile.TemporaryDirectory(prefix="bench_checks_") as tmp:
-        for rows in (int(r) for r in args.rows.split(",")):
-            with_preset = args.skip_preset_above is None or rows <= args.skip_preset_above
-            line = run_case(rows, args.repeats, with_preset, Path(tmp))
-            print(json.dumps(line), flush=True)
+        for rows in sizes:
+            emit(run_size(rows, repeats, Path(tmp)))
 
 
 if __name__ == "__main__":
