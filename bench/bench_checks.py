@@ -182,8 +182,7 @@ def agreement(ours, lim: dict, preset: list) -> dict[str, Any]:
         for c in ours.columns
     )
     scores = sum(
-        abs(c.score - theirs[c.column].score) <= 1e-9 * max(1.0, abs(c.score))
-        for c in ours.columns
+        abs(c.score - theirs[c.column].score) <= 1e-9 * max(1.0, abs(c.score)) for c in ours.columns
     )
     n = len(ours.columns)
     return {
