@@ -165,9 +165,9 @@ class CaptureConfig(Section):
 
 class MonitorConfig(Section):
     interval_seconds: int = Field(300, ge=10, description="Schedule of the monitor deployment.")
-    min_rows: int = Field(200, ge=1, description="Smaller windows get 'insufficient data'.")
+    min_rows: int = Field(500, ge=1, description="Smaller windows get 'insufficient data'.")
     drift_share: float = Field(
-        0.5, gt=0, le=1, description="Dataset drift when this share of columns drifts."
+        0.3, gt=0, le=1, description="Dataset drift when this share of columns drifts."
     )
     quality_limit: float | None = Field(
         None, description="Alert when the primary metric is worse than this on labelled traffic."

@@ -66,8 +66,8 @@ WORKERS = 2
 class CheckSettings:
     """Everything the checks read from config, in one place."""
 
-    min_rows: int = 200
-    drift_share: float = 0.5
+    min_rows: int = 500
+    drift_share: float = 0.3
     method: str | None = None  # Evidently StatTest name for every column (None: its default)
     num_method: str | None = None
     cat_method: str | None = None

@@ -92,12 +92,12 @@ def test_default_thresholds_are_the_configs(project):
 
 def test_changing_a_threshold_in_the_config_changes_the_rules(project, tmp_path):
     def change(raw: dict) -> None:
-        raw["monitor"].update(drift_share=0.3, interval_seconds=120, quality_limit=42.5)
+        raw["monitor"].update(drift_share=0.4, interval_seconds=120, quality_limit=42.5)
         raw["serving"].update(max_error_ratio=0.05, max_p95_latency_seconds=1.25)
 
     changed = config_copy(tmp_path, change)
     expected = {
-        "DriftloopDatasetDrift": ">= 0.3",
+        "DriftloopDatasetDrift": ">= 0.4",
         "DriftloopQualityBelowThreshold": "> 42.5",
         "DriftloopMonitorStale": "> 240",
         "DriftloopServingErrors": "> 0.05",
@@ -107,7 +107,7 @@ def test_changing_a_threshold_in_the_config_changes_the_rules(project, tmp_path)
         assert comparison in expr_of(changed, alert)
         assert expr_of(changed, alert) != expr_of(project, alert)
     tests = json.dumps(render.rules_tests(changed))
-    assert "0.65x10" in tests  # the drift test now straddles 0.3, not 0.5
+    assert "0.7x10" in tests  # the drift test now straddles 0.4, not the default
 
 
 def test_quality_rule_follows_the_metrics_direction(tmp_path):

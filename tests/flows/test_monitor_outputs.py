@@ -29,7 +29,7 @@ def reference(project):
     return pd.read_csv(ROOT / "data/bikeshare/bikeshare_hourly_2011.csv").query("mnth == 'Jan'")
 
 
-def current(reference: pd.DataFrame, n: int = 400) -> pd.DataFrame:
+def current(reference: pd.DataFrame, n: int = 744) -> pd.DataFrame:
     frame = reference.sample(n, replace=True, random_state=1).reset_index(drop=True)
     frame["temp"] = frame["temp"] + 0.3  # a warm month
     return frame
