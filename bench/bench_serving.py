@@ -1,0 +1,356 @@
+"""Serving through nginx against in-process `predict`, the roll-forward under load, and the
+time from an approval to the new version answering; all on a fresh copy with its real stack.
+
+Cases, one JSON line each:
+
+* `serving` (per batch size 1 and 64): requests/s, rows/s, p50/p99 through nginx to the bento,
+  with capture on (blue slot, as configured) and off (green slot, `capture.sample_rate: 0`),
+  against `predict` on the same model file and rows in this process (one thread, the frame
+  built beforehand: the model's own cost). Load comes from a second process (`bench.load`,
+  closed loop); the variants run round-robin in each repeat.
+* `rollforward`: a steady paced load through nginx while `tasks.rollout.go_live` puts a new
+  bento into service: failed requests, and the p99 from the start of the switch to two seconds
+  after it against the p99 of the steady seconds before it.
+* `approval_to_serving`: from the approval (the moment `build_bento` is called) until nginx
+  answers with the new bento, against the sum of the unavoidable parts measured right after it
+  in this run: `bentoml build` of the same model, and a `bentoml serve` of it until `/readyz`.
+
+Usage: python bench/bench_serving.py [--size small|full] [--cases serving,rollforward,approval]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import emit, goal, median, pin_threads, ratio, timed
+
+pin_threads()
+
+import numpy as np  # noqa: E402
+
+from bench.live import Live, live_stack  # noqa: E402
+from bench.load import finish, start_load  # noqa: E402
+
+SETTINGS = {
+    "small": {"seconds": 2.0, "repeats": 1, "steady_s": 3.0, "tail_s": 2.0},
+    "full": {"seconds": 10.0, "repeats": 3, "steady_s": 8.0, "tail_s": 3.0},
+}
+BATCHES = (1, 64)
+CONCURRENCY = 8  # requests in flight for throughput (closed loop)
+ROLL_RATE = 40.0  # requests/s during the roll-forward: a steady load well below capacity
+SWITCH_TAIL_S = 2.0  # the switch window ends this long after go_live returns
+MAX_REQUESTS = 1_000_000
+
+
+# ---------------------------------------------------------------- pieces
+def feature_records(live: Live, n: int) -> list[dict]:
+    from tasks.traffic import sample_records
+
+    return sample_records(live.project, n, seed=0).records
+
+
+def inprocess(live: Live, records: list[dict], seconds: float) -> dict:
+    """`predict` on the served model file, one thread, for `seconds`: the serving limit."""
+    import joblib
+    import pandas as pd
+
+    from model import artifacts
+    from model.frames import feature_frame
+
+    pipeline = joblib.load(live.project.resolve(artifacts.MODEL_FILE))
+    features = live.project.features
+    frame = feature_frame(pd.DataFrame.from_records(records), *features)
+    pipeline.predict(frame)  # warm-up
+    calls = _loop(lambda: pipeline.predict(frame), seconds / 2)
+    # the service's own path without HTTP: records to a feature frame, then predict
+    served = _loop(
+        lambda: pipeline.predict(feature_frame(pd.DataFrame.from_records(records), *features)),
+        seconds / 2,
+    )
+    return {
+        "rows_per_s": len(records) / float(np.mean(calls)),
+        "p50_ms": float(np.percentile(calls, 50)) * 1000,
+        "p99_ms": float(np.percentile(calls, 99)) * 1000,
+        "records_rows_per_s": len(records) / float(np.mean(served)),
+    }
+
+
+def _loop(fn, seconds: float) -> list[float]:
+    """Seconds per call of `fn`, called back to back for `seconds`."""
+    calls: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        calls.append(timed(fn)[0])
+    return calls
+
+
+def through_nginx(live: Live, records: list[dict], seconds: float, tmp: Path) -> dict:
+    """Closed-loop load from a second process; requests/s, rows/s, p50/p99, failures."""
+    body = json.dumps({"records": records}).encode()
+    out = tmp / f"load-{time.monotonic_ns()}.json"
+    process = start_load(
+        f"{live.url}/predict",
+        body,
+        out,
+        concurrency=CONCURRENCY,
+        max_requests=MAX_REQUESTS,
+        max_seconds=seconds,
+    )
+    done = finish(process, out, timeout=seconds + 60)
+    rps = done.per_second()
+    return {
+        "requests_per_s": rps,
+        "rows_per_s": rps * len(records),
+        "p50_ms": done.percentile_ms(50),
+        "p99_ms": done.percentile_ms(99),
+        "failed": done.failed,
+    }
+
+
+def capture_off(project):
+    """The same project with capture sampling nothing: what a user sets to turn it off."""
+    cfg = project.config
+    capture = cfg.capture.model_copy(update={"sample_rate": 0.0})
+    return dataclasses.replace(project, config=cfg.model_copy(update={"capture": capture}))
+
+
+def route(live: Live, slot: str) -> None:
+    """Point nginx at `slot` and give the graceful reload a moment to take over."""
+    from tasks.serving import switch_traffic
+
+    switch_traffic(live.project, slot)
+    time.sleep(1.0)
+
+
+# ---------------------------------------------------------------- cases
+def serving_cases(live: Live, size: str, tmp: Path) -> None:
+    from tasks.serving import start_slot, stop_slot
+
+    s = SETTINGS[size]
+    start_slot(capture_off(live.project), "green", live.bento.tag)  # blue: capture on
+    rows = {b: feature_records(live, b) for b in BATCHES}
+    runs: dict[tuple[int, str], list[dict]] = {}
+    try:
+        for _ in range(s["repeats"]):
+            for batch in BATCHES:
+                runs.setdefault((batch, "inproc"), []).append(
+                    inprocess(live, rows[batch], min(s["seconds"], 4.0))
+                )
+                for slot, name in (("blue", "on"), ("green", "off")):
+                    route(live, slot)
+                    result = through_nginx(live, rows[batch], s["seconds"], tmp)
+                    runs.setdefault((batch, name), []).append(result)
+    finally:
+        route(live, "blue")
+        stop_slot(live.project, "green")
+    for batch in BATCHES:
+        emit(serving_line(batch, s, runs))
+
+
+def _med(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r[key] is not None]
+    return round(median(values), 3) if values else None
+
+
+def serving_line(batch: int, s: dict, runs: dict) -> dict:
+    inproc, on, off = (runs[(batch, k)] for k in ("inproc", "on", "off"))
+    rows_on, rows_off = _med(on, "rows_per_s"), _med(off, "rows_per_s")
+    rows_inproc = _med(inproc, "rows_per_s")
+    capture_cost = round(1 - rows_on / rows_off, 3) if rows_off else None
+    over_inproc = ratio(rows_on, rows_inproc)
+    goals = {"capture_cost": goal(capture_cost, "<=", 0.10)}
+    if batch >= 64:
+        goals["served_over_inprocess"] = goal(over_inproc, ">=", 0.5)
+    return {
+        "bench": "serving",
+        "case": f"batch{batch}",
+        "batch": batch,
+        "concurrency": CONCURRENCY,
+        "seconds_per_run": s["seconds"],
+        "repeats": s["repeats"],
+        "requests_per_s_capture_on": _med(on, "requests_per_s"),
+        "requests_per_s_capture_off": _med(off, "requests_per_s"),
+        "rows_per_s_capture_on": rows_on,
+        "rows_per_s_capture_off": rows_off,
+        "rows_per_s_inprocess": rows_inproc,
+        "rows_per_s_inprocess_from_records": _med(inproc, "records_rows_per_s"),
+        "p50_ms_capture_on": _med(on, "p50_ms"),
+        "p99_ms_capture_on": _med(on, "p99_ms"),
+        "p50_ms_capture_off": _med(off, "p50_ms"),
+        "p99_ms_capture_off": _med(off, "p99_ms"),
+        "p50_ms_inprocess": _med(inproc, "p50_ms"),
+        "p99_ms_inprocess": _med(inproc, "p99_ms"),
+        "failed": sum(r["failed"] for r in on + off),
+        "capture_cost": capture_cost,
+        "served_over_inprocess": over_inproc,
+        "goals": goals,
+    }
+
+
+def rollforward_case(live: Live, size: str, tmp: Path) -> None:
+    """go_live of a new bento while a paced load runs through nginx."""
+    from tasks.package import build_bento
+    from tasks.rollout import go_live
+
+    s = SETTINGS[size]
+    new = build_bento(live.project, live.bento.model_tag)
+    body = json.dumps({"records": feature_records(live, 1)}).encode()
+    out = tmp / "rollforward.json"
+    began = time.time()
+    process = start_load(
+        f"{live.url}/predict",
+        body,
+        out,
+        concurrency=32,
+        max_requests=MAX_REQUESTS,
+        max_seconds=s["steady_s"] + s["tail_s"] + 300,
+        rate=ROLL_RATE,
+    )
+    time.sleep(s["steady_s"])
+    switch_start = time.time()
+    go_live(live.project, new)
+    switch_end = time.time()
+    time.sleep(s["tail_s"])
+    done = finish(process, out, timeout=120, stop=True)
+    live.bento = new
+    steady = done.window(began + 1.0, switch_start)
+    switch = done.window(switch_start, switch_end + SWITCH_TAIL_S)
+    p99_ratio = ratio(switch.percentile_ms(99) or 0.0, steady.percentile_ms(99) or 0.0)
+    emit(
+        {
+            "bench": "rollforward",
+            "case": f"rate{ROLL_RATE:g}",
+            "rate_per_s": ROLL_RATE,
+            "requests": len(done.status),
+            "failed": done.failed,
+            "switch_s": round(switch_end - switch_start, 3),
+            "steady_requests": len(steady.status),
+            "switch_requests": len(switch.status),
+            "p50_ms_steady": steady.percentile_ms(50),
+            "p99_ms_steady": steady.percentile_ms(99),
+            "p50_ms_switch": switch.percentile_ms(50),
+            "p99_ms_switch": switch.percentile_ms(99),
+            "max_ms_switch": round(float(switch.seconds.max()) * 1000, 2)
+            if len(switch.seconds)
+            else None,
+            "p99_switch_over_steady": p99_ratio,
+            "new_bento_answering": bool(done.bento) and done.bento[-1] == new.tag,
+            "goals": {
+                "failed": goal(done.failed, "==", 0),
+                "p99_switch_over_steady": goal(p99_ratio, "<=", 1.5),
+            },
+        }
+    )
+
+
+class FirstAnswer:
+    """Polls nginx from a thread; notes when a response first comes from `bento`."""
+
+    def __init__(self, url: str, bento: str, records: list[dict]) -> None:
+        self.url, self.bento, self.records = url, bento, records
+        self.seen_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> FirstAnswer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.seen_at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _poll(self) -> None:
+        import httpx
+
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set() and self.seen_at is None:
+                try:
+                    answer = client.post(f"{self.url}/predict", json={"records": self.records})
+                    if answer.status_code == 200 and answer.json().get("bento") == self.bento:
+                        self.seen_at = time.perf_counter()
+                except Exception:  # the proxy mid-reload: keep polling
+                    pass
+                self._stop.wait(0.05)
+
+
+def approval_case(live: Live) -> None:
+    """Approval to the new version answering, then its unavoidable parts on their own."""
+    from tasks.package import build_bento, release_version
+    from tasks.rollout import go_live
+    from tasks.serving import start_server, stop_server
+    from tests.support import free_port
+
+    project, model_tag = live.project, live.bento.model_tag
+    records = feature_records(live, 1)
+    time.sleep(1.1)  # release versions are stamped to the second
+    expected = f"{project.config.project.name}:{release_version(model_tag)}"
+    approved = time.perf_counter()
+    build_s, bento = timed(lambda: build_bento(project, model_tag))
+    if bento.tag != expected:  # the second ticked over: watch for the tag actually built
+        expected = bento.tag
+    with FirstAnswer(live.url, expected, records) as probe:
+        go_live_s, _ = timed(lambda: go_live(project, bento))
+        probe.wait(60)
+    latency = None if probe.seen_at is None else probe.seen_at - approved
+    live.bento = bento
+
+    time.sleep(1.1)
+    build_alone_s, spare = timed(lambda: build_bento(project, model_tag))
+    ready_alone_s, server = timed(lambda: start_server(project, spare.tag, free_port()))
+    stop_server(server)
+    parts = build_alone_s + ready_alone_s
+    emit(
+        {
+            "bench": "approval_to_serving",
+            "case": "build+go_live",
+            "latency_s": None if latency is None else round(latency, 3),
+            "build_s": round(build_s, 3),
+            "go_live_s": round(go_live_s, 3),
+            "build_alone_s": round(build_alone_s, 3),
+            "ready_alone_s": round(ready_alone_s, 3),
+            "parts_s": round(parts, 3),
+            "latency_minus_parts_s": None if latency is None else round(latency - parts, 3),
+            "goals": {
+                "latency_minus_parts_s": goal(
+                    None if latency is None else round(latency - parts, 3), "<=", 10.0
+                )
+            },
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=("small", "full"), default="full")
+    parser.add_argument("--cases", default="serving,rollforward,approval")
+    args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
+        loads = Path(tmp) / "loads"
+        loads.mkdir()
+        with live_stack(Path(tmp) / "project") as live:
+            if "serving" in cases:
+                serving_cases(live, args.size, loads)
+            if "rollforward" in cases:
+                rollforward_case(live, args.size, loads)
+            if "approval" in cases:
+                approval_case(live)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Load for the serving benchmarks: POSTs one fixed body to a loopback URL from a second process.
+
+Bounded in count and in time, and refused for any host but loopback. Closed loop by default
+(`concurrency` requests in flight, each sent when the last one answered: throughput); with
+`rate` an open loop paced at that many requests per second (latency at a steady, known load).
+Every request is recorded (wall start, seconds, status, which bento answered) so the caller can
+cut windows, e.g. the seconds around a traffic switch.
+
+Run as `python -m bench.load --url ... --body FILE --out FILE ...`; use `start_load`/`finish`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Requests:
+    """Per-request arrays of one load run (status 0: no HTTP answer at all)."""
+
+    start: np.ndarray  # wall-clock seconds
+    seconds: np.ndarray
+    status: np.ndarray
+    bento: list[str]  # the answering bento per request ("" when none)
+    wall_s: float
+
+    def window(self, since: float, until: float) -> Requests:
+        keep = (self.start >= since) & (self.start < until)
+        bento = [b for b, k in zip(self.bento, keep, strict=True) if k]
+        return Requests(self.start[keep], self.seconds[keep], self.status[keep], bento, 0.0)
+
+    @property
+    def failed(self) -> int:
+        return int((self.status != 200).sum())
+
+    def percentile_ms(self, q: float) -> float | None:
+        ok = self.seconds[self.status == 200]
+        return None if not len(ok) else round(float(np.percentile(ok, q)) * 1000, 2)
+
+    def per_second(self) -> float:
+        return float((self.status == 200).sum()) / self.wall_s if self.wall_s else 0.0
+
+
+def start_load(
+    url: str,
+    body: bytes,
+    out: Path,
+    *,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    rate: float | None = None,
+) -> subprocess.Popen:
+    """Start the load process; it stops by itself at `max_requests` or `max_seconds`."""
+    if urlsplit(url).hostname not in LOOPBACK:
+        raise ValueError(f"load goes to loopback only, not {url}")
+    body_file = out.with_suffix(".body.json")
+    body_file.write_bytes(body)
+    args = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--url",
+        url,
+        "--body",
+        str(body_file),
+        "--out",
+        str(out),
+        "--concurrency",
+        str(concurrency),
+        "--max-requests",
+        str(max_requests),
+        "--max-seconds",
+        str(max_seconds),
+    ]
+    if rate:
+        args += ["--rate", str(rate)]
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen(args, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def finish(process: subprocess.Popen, out: Path, timeout: float, stop: bool = False) -> Requests:
+    """Wait for the load process (it is bounded; `timeout` is a safety net) and read its log.
+
+    With `stop`, tell it to stop sending now (SIGTERM to this one process, by its pid).
+    """
+    if stop:
+        process.send_signal(signal.SIGTERM)
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"load process failed: {err.decode()[-2000:]}")
+    data = json.loads(out.read_text())
+    names = data["bentos"]
+    return Requests(
+        start=np.asarray(data["start"]),
+        seconds=np.asarray(data["seconds"]),
+        status=np.asarray(data["status"]),
+        bento=[names[i] if i >= 0 else "" for i in data["bento"]],
+        wall_s=data["wall_s"],
+    )
+
+
+def run(url: str, body: bytes, out: Path, args: argparse.Namespace) -> None:
+    log: dict[str, list] = {"start": [], "seconds": [], "status": [], "bento": []}
+    names: dict[str, int] = {}
+    began = time.monotonic()
+    deadline = began + args.max_seconds
+    stopping = False  # SIGTERM: stop sending, let requests in flight finish, write the log
+
+    async def one(client, sem: asyncio.Semaphore | None) -> None:
+        t0_wall, t0 = time.time(), time.perf_counter()
+        status, who = 0, -1
+        try:
+            response = await client.post(url, content=body)
+            status = response.status_code
+            if status == 200:
+                name = response.json().get("bento", "")
+                who = names.setdefault(name, len(names))
+        except Exception:  # a refused or reset connection is a failed request, not a crash
+            status = 0
+        log["start"].append(t0_wall)
+        log["seconds"].append(time.perf_counter() - t0)
+        log["status"].append(status)
+        log["bento"].append(who)
+        if sem is not None:
+            sem.release()
+
+    async def closed(client) -> None:
+        sent = 0
+
+        async def worker() -> None:
+            nonlocal sent
+            while sent < args.max_requests and time.monotonic() < deadline and not stopping:
+                sent += 1
+                await one(client, None)
+
+        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+    async def paced(client) -> None:
+        sem, tasks = asyncio.Semaphore(args.concurrency), []
+        for i in range(args.max_requests):
+            due = began + i / args.rate
+            if due >= deadline or stopping:
+                break
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await sem.acquire()
+            tasks.append(asyncio.create_task(one(client, sem)))
+        await asyncio.gather(*tasks)
+
+    async def main() -> None:
+        import httpx
+
+        def stop() -> None:
+            nonlocal stopping
+            stopping = True
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+        limits = httpx.Limits(max_connections=args.concurrency)
+        headers = {"content-type": "application/json"}
+        async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+            await (paced(client) if args.rate else closed(client))
+
+    asyncio.run(main())
+    log["wall_s"] = time.monotonic() - began
+    log["bentos"] = sorted(names, key=names.get)
+    out.write_text(json.dumps(log))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--body", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-requests", type=int, default=100_000)
+    parser.add_argument("--max-seconds", type=float, default=10)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s (open loop)")
+    args = parser.parse_args()
+    if urlsplit(args.url).hostname not in LOOPBACK:
+        raise SystemExit(f"load goes to loopback only, not {args.url}")
+    run(args.url, args.body.read_bytes(), args.out, args)
+
+
+if __name__ == "__main__":
+    main()
