@@ -1,8 +1,10 @@
 """Slack notices: Block Kit messages, one thread per model per cycle, never blocking a flow.
 
-slack-sdk's own retry handlers deal with 429 (honouring Retry-After), 5xx and connection errors.
-Without a bot token, or when Slack stays down, the notice goes to the log instead and the
-caller gets `delivered=False`: a notice never fails the run that sends it.
+slack-sdk's own retry handlers deal with 429 (honouring Retry-After), 5xx, connection errors and
+timeouts, with backoff. Without a bot token, or when Slack stays down, the notice goes to the log
+instead and the caller gets `delivered=False`: a notice never fails the run that sends it, and
+never holds it longer than its retries: a Retry-After longer than `notify.timeout_seconds` is
+not waited for.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from http.client import RemoteDisconnected
 from typing import Any
+from urllib.error import URLError
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -49,19 +53,50 @@ class Thread(BaseModel):
     reason: str
 
 
+class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
+    """Retry a 429 after its Retry-After, unless that is longer than `max_wait` seconds: a flow
+    must not sleep for an hour because Slack asked it to."""
+
+    def __init__(self, max_retry_count: int, max_wait: float) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.max_wait = max_wait
+
+    def _can_retry(self, *, state, request, response=None, error=None) -> bool:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
+            return False
+        wait = _retry_after(response.headers) if response is not None else None
+        return wait is None or wait <= self.max_wait
+
+
+def _retry_after(headers: dict) -> float | None:
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            text = value[0] if isinstance(value, list) else value
+            try:
+                return float(text)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
 def slack_client(project: Project) -> WebClient | None:
     token = secrets().slack_bot_token
     if token is None:
         return None
-    retries = project.config.notify.max_retries
+    notify = project.config.notify
+    retries = notify.max_retries
     return WebClient(
         token=token.get_secret_value(),
         base_url=secrets().slack_api_url,
-        timeout=int(project.config.notify.timeout_seconds),
+        timeout=int(notify.timeout_seconds),
         retry_handlers=[
-            RateLimitErrorRetryHandler(max_retry_count=retries),
+            BoundedRateLimitHandler(retries, max_wait=notify.timeout_seconds),
             ServerErrorRetryHandler(max_retry_count=retries),
-            ConnectionErrorRetryHandler(max_retry_count=retries),
+            # a read timeout surfaces as TimeoutError, not URLError: retry it too
+            ConnectionErrorRetryHandler(
+                max_retry_count=retries,
+                error_types=[URLError, ConnectionResetError, RemoteDisconnected, TimeoutError],
+            ),
         ],
     )
 
