@@ -31,6 +31,7 @@ GROUPS = {  # group/version -> plural -> (kind, subresources)
         "analysistemplates": ("AnalysisTemplate", []),
     },
 }
+ARGO_GROUP = "argoproj.io"
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 
@@ -41,8 +42,9 @@ class FakeKube:
         broken: set[str] = frozenset(),
         hanging: set[str] = frozenset(),
         namespaces: tuple[str, ...] = ("driftloop",),
+        argo: bool = True,
     ):
-        self.broken, self.hanging = set(broken), set(hanging)
+        self.broken, self.hanging, self.argo = set(broken), set(hanging), argo
         self.objects: dict[tuple[str, str, str, str], dict] = {
             ("v1", "namespaces", "", ns): {
                 "apiVersion": "v1",
@@ -221,7 +223,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.kube.requests.append(("GET", url.path))
+        if not self.kube.argo and ARGO_GROUP in url.path:  # a cluster without Argo Rollouts
+            return self.reply(404, _status(404, "NotFound", "the server could not find it"))
         discovery = _discovery(url.path, self.kube.url)
+        if discovery is not None and url.path == "/apis" and not self.kube.argo:
+            discovery["groups"] = [g for g in discovery["groups"] if g["name"] != ARGO_GROUP]
         if discovery is not None:
             return self.reply(200, discovery)
         parsed = _parse(url.path)

@@ -186,6 +186,20 @@ def test_an_argo_rollout_that_never_settles_is_aborted_after_the_timeout(kube, t
     assert kube.image_of(ARGO, "rollouts", "driftloop", "bikeshare") == image(GOOD)
 
 
+def test_argo_strategy_on_a_cluster_without_argo_rollouts_says_so(tmp_path, monkeypatch):
+    fake = FakeKube(argo=False).start()
+    monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig(tmp_path / "kubeconfig")))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    try:
+        with pytest.raises(CommandError) as failed:
+            release_to_kubernetes(project_with(tmp_path, strategy="argo"), f"bikeshare:{GOOD}")
+    finally:
+        fake.stop()
+    assert 'resource type "rollout"' in str(failed.value)
+    assert "install Argo Rollouts" in str(failed.value)
+    assert not any(method == "PATCH" for method, _ in fake.requests)  # nothing applied
+
+
 # ---------------------------------------------------------------- without kubectl, with a cluster
 
 
