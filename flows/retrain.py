@@ -6,6 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
 from config.loader import load_project
 from flows.promote import promote
@@ -17,9 +18,26 @@ from tasks.candidate import (
 )
 from tasks.notify import Notice, send_notice
 from tasks.releases import read_serving
+from tasks.trigger import earlier_open_retrain
 
 
-@flow(name="retrain", log_prints=True, persist_result=True)
+def report_crash(flow, run, state) -> None:
+    """on_crashed: the process running the retrain died (killed, out of memory, host lost).
+    Say so in the model's thread: nothing was promoted, and a new trigger starts afresh."""
+    project = load_project((run.parameters or {}).get("config"))
+    serving = read_serving(project)
+    send_notice(
+        project,
+        Notice(
+            text=f"retrain run {run.name} ({run.id}) crashed: {state.message or state.name}. "
+            f"Nothing was promoted; {serving.bento if serving else 'no release'} is still "
+            "serving. Trigger a new retrain (`driftloop retrain`) when the cause is fixed."
+        ),
+        new_cycle_reason=None,
+    )
+
+
+@flow(name="retrain", log_prints=True, persist_result=True, on_crashed=[report_crash])
 def retrain(
     reason: str = "manual", evidence: dict | None = None, config: str | None = None
 ) -> dict:
@@ -27,6 +45,12 @@ def retrain(
     logger = get_run_logger()
     project = load_project(config)
     run_id = str(flow_run.id or f"local-{int(time.time())}")
+
+    # 0. one retrain per model at a time: the earliest open run goes ahead, later ones stand down
+    blocker = earlier_open_retrain(project, run_id) if flow_run.id else None
+    if blocker:
+        logger.warning("another retrain is open (%s); this one stands down", blocker)
+        return Cancelled(message=f"another retrain is open: {blocker}")
     serving = read_serving(project)
     if serving is None:
         raise RuntimeError("no release is serving: nothing to retrain against")
@@ -99,6 +123,7 @@ def retrain(
         candidate=candidate,
         retrain_run=run_id,
         approver=decision.approver or "",
+        approved_at=decision.decided_at.isoformat(timespec="seconds"),
         evidence_hash=evidence_hash(proof),
         config=config,
     )
