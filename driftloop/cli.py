@@ -131,9 +131,18 @@ def lineage(
         console.print("nothing is serving (no release recorded)")
         raise typer.Exit(1)
     if as_json:
-        print(json.dumps(release.model_dump(), indent=2))
+        print(json.dumps({**release.model_dump(), "lineage": lineage_chain(release)}, indent=2))
         return
     render_lineage(release)
+
+
+def lineage_chain(release) -> dict[str, str]:
+    """bento -> model -> data rev -> commit -> retrain run -> approver and time -> evidence."""
+    labels = release.labels
+    keys = ("data_rev", "git_commit", "retrain_run", "approver", "approved_at", "evidence_hash")
+    return {"bento": release.bento, "model_tag": release.model_tag} | {
+        key: labels.get(key, "") for key in keys
+    }
 
 
 def render_lineage(release) -> None:
@@ -146,10 +155,28 @@ def render_lineage(release) -> None:
     dirty = " (uncommitted changes)" if labels.get("git_dirty") == "true" else ""
     table.add_row("git commit", labels.get("git_commit", "?") + dirty)
     table.add_row("params hash", labels.get("params_hash", "?"))
-    table.add_row("retrain run", labels.get("retrain_run", "- (built by hand)"))
-    table.add_row("approver", labels.get("approver", "- (initial release)"))
+    table.add_row("retrain run", labels.get("retrain_run") or "- (built by hand)")
+    approver = labels.get("approver") or "- (initial release)"
+    if labels.get("approved_at"):
+        approver += f" at {labels['approved_at']}"
+    table.add_row("approved by", approver)
+    table.add_row("evidence hash", labels.get("evidence_hash") or "-")
+    if labels.get("image"):
+        table.add_row("image", labels["image"])
     table.add_row("serving since", release.started_at)
     console.print(table)
+
+
+@app.command("rollback")
+def rollback(config: ConfigOption = None) -> None:
+    """Return to the release that served before this one, through the same checks as a
+    roll-forward (ready, smoke test, switch, watch); on failure the current one keeps serving."""
+    from tasks.rollout import rollback as roll_back
+
+    proj = project(config)
+    with failures(), console.status("rolling back ...") as status:
+        release = roll_back(proj, progress=status.update)
+    console.print(f"[bold]{release.bento}[/] serving again (model {release.model_tag})")
 
 
 @app.command("monitor")

@@ -1,13 +1,18 @@
-"""The promote flow: an approved candidate becomes the serving model, or the old one stays."""
+"""The promote flow: an approved candidate becomes the serving model, or the old one stays.
+
+Nothing here changes what serves until the candidate has passed its checks (tasks/rollout.py);
+a failure at any step is told to the cycle's Slack thread and ends the run Failed.
+"""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from config.loader import load_project
+from config.loader import Project, load_project
 from tasks.notify import Notice, close_thread, send_notice
 from tasks.package import build_bento, export_bento
-from tasks.rollout import go_live
+from tasks.releases import Attempt, Release
+from tasks.rollout import RolloutFailed, attempt_failed, put_into_service
 
 
 @flow(name="promote", log_prints=True, persist_result=True)
@@ -15,6 +20,7 @@ def promote(
     candidate: str,
     retrain_run: str = "",
     approver: str = "",
+    approved_at: str = "",
     evidence_hash: str = "",
     config: str | None = None,
 ) -> str:
@@ -22,29 +28,53 @@ def promote(
     logger = get_run_logger()
     project = load_project(config)
 
-    # 1. bentoml build, lineage on the labels, the exact model tag as a build argument
-    bento = build_bento(
-        project,
-        candidate,
-        extra_labels={
-            "retrain_run": retrain_run,
-            "approver": approver,
-            "evidence_hash": evidence_hash,
-        },
-    )
-    archive = export_bento(project, bento.tag)
+    # 1. bentoml build (lineage on the labels, the exact model tag as a build argument) and
+    #    the exported archive, the release artifact
+    lineage = {
+        "retrain_run": retrain_run,
+        "approver": approver,
+        "approved_at": approved_at,
+        "evidence_hash": evidence_hash,
+    }
+    try:
+        bento = build_bento(project, candidate, extra_labels=lineage)
+        archive = export_bento(project, bento.tag)
+    except Exception as exc:
+        report_failure(
+            project,
+            attempt_failed(project, None, "build", exc, model_tag=candidate, labels=lineage),
+        )
+        raise
     logger.info("built %s; release artifact %s", bento.tag, archive)
 
-    # 2. roll forward: idle slot ready, traffic switched, old slot stopped
-    release = go_live(project, bento)
+    # 2. roll forward: idle slot ready, smoke-tested, traffic switched, watched, old slot off
+    #    (or the configured backend's equivalent)
+    try:
+        release = put_into_service(project, bento, progress=logger.info)
+    except RolloutFailed as exc:
+        report_failure(project, exc.attempt)
+        raise
 
     # 3. say so, and end the cycle's thread
-    send_notice(
-        project,
-        Notice(
-            text=f"{bento.tag} now serving (model {candidate}), approved by {approver or 'n/a'}"
-        ),
-        None,
-    )
+    send_notice(project, Notice(text=promoted_text(release, approver)), None)
     close_thread(project)
     return release.bento
+
+
+def report_failure(project: Project, attempt: Attempt) -> None:
+    what = attempt.release.bento or f"a bento of {attempt.release.model_tag}"
+    serving = attempt.previous or "nothing"
+    text = (
+        f":x: {what} was not promoted: {attempt.outcome.replace('_', ' ')} at {attempt.stage}.\n"
+        f"Reason: {attempt.reason[:1500]}\n{serving} keeps serving. "
+        "`driftloop lineage` shows what serves; the attempt is in .driftloop/audit/releases.jsonl."
+    )
+    get_run_logger().error(text)
+    send_notice(project, Notice(text=text), None)
+
+
+def promoted_text(release: Release, approver: str) -> str:
+    return (
+        f":rocket: {release.bento} now serving (model {release.model_tag}), "
+        f"approved by {approver or 'n/a'}"
+    )

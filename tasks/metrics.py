@@ -12,12 +12,19 @@ from dataclasses import dataclass
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, pushadd_to_gateway
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    push_to_gateway,
+    pushadd_to_gateway,
+)
 
 from config.loader import Project
 
 MONITOR_JOB = "driftloop_monitor"
 SERVING_JOB = "driftloop_serving"
+ROLLOUTS_JOB = "driftloop_rollouts"
 
 
 class PublishError(RuntimeError):
@@ -134,5 +141,24 @@ def push_serving_info(project: Project, release) -> bool:
         push(project, SERVING_JOB, registry, replace=True)
     except PublishError as exc:
         logging.getLogger("driftloop.metrics").warning("serving info not published: %s", exc)
+        return False
+    return True
+
+
+def push_rollout_counts(project: Project, counts: dict[str, int]) -> bool:
+    """`driftloop_rollouts_total{outcome}`, recounted from the release log on every attempt, so
+    a Pushgateway that was down loses nothing."""
+    import logging
+
+    registry = CollectorRegistry()
+    total = Counter(
+        "driftloop_rollouts", "Roll-forward attempts by outcome", ("outcome",), registry=registry
+    )
+    for outcome in ("promoted", "rolled_back", "failed"):
+        total.labels(outcome).inc(counts.get(outcome, 0))
+    try:
+        push(project, ROLLOUTS_JOB, registry, replace=True)
+    except PublishError as exc:
+        logging.getLogger("driftloop.metrics").warning("rollout counts not published: %s", exc)
         return False
     return True

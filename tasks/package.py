@@ -117,10 +117,12 @@ def export_bento(project: Project, tag: str) -> Path:
     """The release artifact: `bentoml export` to an absolute path (a relative one lands in /)."""
     target = (project.state_dir / "releases" / f"{tag.replace(':', '-')}.bento").resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial.bento")  # a killed export leaves no archive
     run(
-        [bin_path("bentoml"), "export", tag, str(target)],
+        [bin_path("bentoml"), "export", tag, str(partial)],
         project.root,
         env=bentoml_env(project),
         hint="is the bento in the store? `bentoml list`",
     )
+    partial.replace(target)
     return target

@@ -1,16 +1,46 @@
-"""Putting a bento into service behind the stack's nginx: idle slot up, traffic over, old slot off.
+"""Putting a bento into service behind the stack's nginx, blue/green, with automatic rollback.
 
-This is the roll-forward's skeleton: the candidate must be ready before any traffic moves, and the
-previous release keeps serving until the switch succeeded.
+The order is the promise: the candidate starts in the idle slot and must be ready (with a
+deadline) and pass the smoke test before any client request reaches it; then nginx switches
+with a checked reload; then a watch window judges errors and latency on real traffic; only
+then is it recorded as serving and the old slot stopped. A failure at any step puts traffic
+back on the previous release (or leaves it there), stops the candidate, logs the attempt as
+failed or rolled back, and raises `RolloutFailed` with the step and the reason.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from config.loader import Project
-from tasks.metrics import push_serving_info
+from tasks.commands import CommandError
+from tasks.health import offline_sample, smoke, watch
+from tasks.metrics import push_rollout_counts, push_serving_info
 from tasks.package import Bento
-from tasks.releases import Release, read_serving, record_serving
-from tasks.serving import SLOTS, start_slot, stop_slot, switch_traffic
+from tasks.releases import (
+    Attempt,
+    Release,
+    append_attempt,
+    now_iso,
+    previous_release,
+    read_serving,
+    record_serving,
+    rollout_counts,
+)
+from tasks.serving import SLOTS, slot_url, start_slot, stop_slot, switch_traffic
+
+DRAIN_SECONDS = 2.0  # nginx's old workers finish their requests to a slot before it stops
+
+Progress = Callable[[str], None]
+
+
+class RolloutFailed(CommandError):
+    """The release did not take over; `attempt` says at which step and why."""
+
+    def __init__(self, attempt: Attempt, message: str) -> None:
+        super().__init__(message)
+        self.attempt = attempt
 
 
 def idle_slot(current: Release | None) -> str:
@@ -19,28 +49,194 @@ def idle_slot(current: Release | None) -> str:
     return SLOTS[1 - SLOTS.index(current.slot)]
 
 
-def go_live(project: Project, bento: Bento) -> Release:
+def client_url(project: Project) -> str:
+    serving = project.config.serving
+    return f"http://{serving.host}:{serving.port}"
+
+
+def go_live(
+    project: Project,
+    bento: Bento,
+    *,
+    action: str = "promote",
+    progress: Progress = lambda _: None,
+) -> Release:
     """Serve `bento` through nginx; on any failure the previous release keeps serving."""
     current = read_serving(project)
     slot = idle_slot(current)
-    start_slot(project, slot, bento.tag)
+    release = Release(
+        bento=bento.tag,
+        model_tag=bento.model_tag,
+        labels=bento.labels,
+        slot=slot,
+        url=client_url(project),
+    )
+    stage, switched = "smoke sample", False
     try:
+        sample = offline_sample(project, bento.model_tag)
+        stage = "start"
+        progress(f"starting {bento.tag} in slot {slot}")
+        start_slot(project, slot, bento.tag)
+        stage = "smoke"
+        progress(f"smoke test: {len(sample.records)} rows against the offline predictions")
+        smoke(slot_url(project, slot), sample, bento.tag)
+        stage = "switch"
         switch_traffic(project, slot)
-    except Exception:
+        switched = True
+        stage = "watch"
+        progress(f"watching {project.config.serving.watch_seconds:.0f} s of traffic")
+        watch(project, slot_url(project, slot), client_url(project), sample, bento.tag, progress)
+    except Exception as exc:  # every failure, whatever its kind, ends in a rollback
+        restored = restore(project, current, slot, switched)
+        attempt = Attempt(
+            at=now_iso(),
+            release=release,
+            outcome="rolled_back" if switched else "failed",
+            action=action,
+            stage=stage,
+            reason=str(exc),
+            previous=current.bento if current else None,
+        )
+        finish(project, attempt)
+        raise RolloutFailed(
+            attempt, f"{bento.tag} was not put into service (failed at {stage}): {exc}\n{restored}"
+        ) from None
+
+    release = record_serving(project, release)
+    if current is not None and current.slot in SLOTS and current.slot != slot:
+        time.sleep(DRAIN_SECONDS)
+        stop_slot(project, current.slot)
+    finish(
+        project,
+        Attempt(
+            at=release.started_at,
+            release=release,
+            outcome="promoted",
+            action=action,
+            previous=current.bento if current else None,
+        ),
+    )
+    push_serving_info(project, release)
+    return release
+
+
+def restore(project: Project, current: Release | None, slot: str, switched: bool) -> str:
+    """Traffic back to `current` (if it had moved), the candidate stopped; says what serves."""
+    notes = []
+    if switched and current is not None and current.slot in SLOTS:
+        try:
+            switch_traffic(project, current.slot)
+        except CommandError as exc:
+            notes.append(f"TRAFFIC COULD NOT BE SWITCHED BACK to {current.bento}: {exc}")
+    if switched:
+        time.sleep(DRAIN_SECONDS)
+    try:
         stop_slot(project, slot)
-        raise
-    serving = project.config.serving
+    except CommandError as exc:
+        notes.append(f"the candidate in slot {slot} could not be stopped: {exc}")
+    if current is None:
+        notes.append("nothing was serving before; nothing serves now")
+    else:
+        notes.append(f"{current.bento} keeps serving")
+    return "; ".join(notes)
+
+
+def finish(project: Project, attempt: Attempt) -> None:
+    append_attempt(project, attempt)
+    push_rollout_counts(project, rollout_counts(project))
+
+
+def put_into_service(
+    project: Project, bento: Bento, progress: Progress = lambda _: None
+) -> Release:
+    """The release on the configured backend: local slots (with an OCI image for
+    `containerize`), or a Kubernetes rollout that is undone when it stalls or fails analysis.
+
+    Raises RolloutFailed, with the attempt logged, whatever the backend."""
+    backend = project.config.serving.backend
+    if backend == "local":
+        return go_live(project, bento, progress=progress)
+    from tasks.image import build_image, push_image
+
+    try:
+        image = build_image(project, bento.tag)
+    except CommandError as exc:
+        raise RolloutFailed(attempt_failed(project, bento, "image", exc), str(exc)) from None
+    bento = Bento(tag=bento.tag, model_tag=bento.model_tag, labels={**bento.labels, "image": image})
+    if backend == "containerize":
+        return go_live(project, bento, progress=progress)
+    return kubernetes_release(project, bento, image, push_image)
+
+
+def kubernetes_release(project: Project, bento: Bento, image: str, push_image) -> Release:
+    from tasks.k8s_release import release_to_kubernetes
+
+    current = read_serving(project)
+    stage = "push"
+    try:
+        push_image(project, image)
+        stage = "kubernetes"
+        kube = release_to_kubernetes(project, bento.tag)
+    except CommandError as exc:
+        attempt = attempt_failed(project, bento, stage, exc, rolled_back=stage == "kubernetes")
+        raise RolloutFailed(attempt, str(exc)) from None
     release = record_serving(
         project,
         Release(
             bento=bento.tag,
             model_tag=bento.model_tag,
             labels=bento.labels,
-            slot=slot,
-            url=f"http://{serving.host}:{serving.port}",
+            url=f"kubernetes {kube.namespace}/{kube.workload}",
         ),
     )
-    if current is not None and current.slot in SLOTS and current.slot != slot:
-        stop_slot(project, current.slot)
+    finish(
+        project,
+        Attempt(
+            at=release.started_at,
+            release=release,
+            outcome="promoted",
+            previous=current.bento if current else None,
+        ),
+    )
     push_serving_info(project, release)
     return release
+
+
+def attempt_failed(
+    project: Project,
+    bento: Bento | None,
+    stage: str,
+    exc: Exception,
+    *,
+    model_tag: str = "",
+    labels: dict[str, str] | None = None,
+    rolled_back: bool = False,
+) -> Attempt:
+    """Log an attempt that ended before (or without) the local roll-forward's own bookkeeping."""
+    current = read_serving(project)
+    attempt = Attempt(
+        at=now_iso(),
+        release=Release(
+            bento=bento.tag if bento else "",
+            model_tag=bento.model_tag if bento else model_tag,
+            labels=bento.labels if bento else labels or {},
+            url=client_url(project),
+        ),
+        outcome="rolled_back" if rolled_back else "failed",
+        stage=stage,
+        reason=str(exc),
+        previous=current.bento if current else None,
+    )
+    finish(project, attempt)
+    return attempt
+
+
+def rollback(project: Project, progress: Progress = lambda _: None) -> Release:
+    """Return to the release that served before this one, through the same checks."""
+    target = previous_release(project)
+    if target is None:
+        raise CommandError(
+            "there is no earlier release to return to; `driftloop lineage` shows what serves"
+        )
+    bento = Bento(tag=target.bento, model_tag=target.model_tag, labels=target.labels)
+    return go_live(project, bento, action="rollback", progress=progress)
