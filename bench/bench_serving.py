@@ -6,8 +6,9 @@ Cases, one JSON line each:
 * `serving` (per batch size 1 and 64): requests/s, rows/s, p50/p99 through nginx to the bento,
   with capture on (blue slot, as configured) and off (green slot, `capture.sample_rate: 0`),
   against `predict` on the same model file and rows in this process (one thread, the frame
-  built beforehand: the model's own cost). Load comes from a second process (`bench.load`,
-  closed loop); the variants run round-robin in each repeat.
+  built beforehand: the model's own cost; `..._from_records` adds building the feature frame
+  from the JSON records, as the service does). Load comes from a second process (`bench.load`,
+  closed loop, 8 in flight); the variants run round-robin in each repeat.
 * `rollforward`: a steady paced load through nginx while `tasks.rollout.go_live` puts a new
   bento into service: failed requests, and the p99 from the start of the switch to two seconds
   after it against the p99 of the steady seconds before it.

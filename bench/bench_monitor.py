@@ -1,0 +1,240 @@
+"""The whole monitor flow at scale against its check step alone, and the notice's delay.
+
+On a fresh copy with its real stack (Prefect server, Pushgateway, nginx, the first model
+serving) the capture store is filled with synthetic traffic drawn from the bundled data, in
+files of `ROWS_PER_FILE` rows (what a busy server's one-second flushes look like), each row
+labelled an hour later. Cases, one JSON line each:
+
+* `monitor` (per size and window): `flows.monitor.monitor` run in this process (read the
+  reference and window, validate, check, write the report when something is wrong, save,
+  publish, notify, decide) against the check step alone (`check_window` on the same frames) in
+  the same process, interleaved. `quiet` windows come from the training months (no drift: no
+  report, no notice); `drift` windows from the summer (report and Slack notice).
+* `notice` (per drift window): from the moment the run's result is saved (its record's
+  `finished_at`) to the notice's arrival at the local Slack Web API.
+
+Usage: python bench/bench_monitor.py [--size small|full] [--rows 100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pandas as pd
+
+from bench.common import emit, goal, median, ratio, timed
+from bench.live import Live, live_stack
+
+SIZES = {"small": (10_000,), "full": (100_000, 1_000_000)}
+REPEATS = {"small": 1, "full": 2}
+ROWS_PER_FILE = 1000
+WINDOWS = {  # pandas queries on the bundled data: the first model learned winter
+    "quiet": "season == 1 and mnth != 'Dec'",
+    "drift": "mnth in ['June', 'July']",
+}
+FIRST_DAY = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- the capture store
+def source_rows(live: Live, query: str) -> pd.DataFrame:
+    from model.frames import read_table
+
+    data = live.project.config.data
+    return read_table(live.project.resolve(data.source.path)).query(query)
+
+
+def fill_window(live: Live, day: datetime, rows: int, query: str, seed: int) -> None:
+    """`rows` predictions spread over `day`, hour partitions, labels arriving an hour later."""
+    import pyarrow as pa
+
+    from model.capture import LABELS, PREDICTIONS, capture_schema
+    from model.frames import feature_frame
+    from tasks.capture import capture_root
+
+    project = live.project
+    numeric, categorical = project.features
+    schemas = capture_schema(numeric, categorical, project.config.data.task)
+    rng = np.random.default_rng(seed)
+    pool = source_rows(live, query)
+    picked = pool.iloc[rng.integers(0, len(pool), rows)].reset_index(drop=True)
+    features = feature_frame(picked, numeric, categorical)
+    labels = picked[project.config.data.target].to_numpy(dtype="float64")
+    seconds = np.sort(rng.uniform(0, 86_400, rows))
+    times = (pd.to_datetime(day) + pd.to_timedelta(seconds, unit="s")).floor("us")
+    ids = np.array([f"{seed:04d}-{i:010d}" for i in range(rows)], dtype=object)
+    root = capture_root(project)
+    for hour in range(24):
+        hours = np.flatnonzero((seconds >= hour * 3600) & (seconds < (hour + 1) * 3600))
+        for start in range(0, len(hours), ROWS_PER_FILE):
+            part = hours[start : start + ROWS_PER_FILE]
+            struct = pa.StructArray.from_arrays(
+                [pa.array(features[c].to_numpy()[part]) for c in numeric + categorical],
+                fields=list(schemas[PREDICTIONS].field("features").type),
+            )
+            when = pa.array(times[part], type=pa.timestamp("us", tz="UTC"))
+            predictions = pa.table(
+                {
+                    "inference_id": pa.array(ids[part], type=pa.string()),
+                    "timestamp": when,
+                    "bento": pa.array([live.bento.tag] * len(part), type=pa.string()),
+                    "model": pa.array([live.bento.model_tag] * len(part), type=pa.string()),
+                    "features": struct,
+                    "prediction": pa.array(labels[part] * rng.uniform(0.8, 1.2, len(part))),
+                    "probabilities": pa.nulls(len(part), type=pa.list_(pa.float64())),
+                },
+                schema=schemas[PREDICTIONS],
+            )
+            label_times = pa.array(times[part] + pd.Timedelta(hours=1), type=when.type)
+            label_table = pa.table(
+                {
+                    "inference_id": predictions["inference_id"],
+                    "timestamp": label_times,
+                    "label": pa.array(labels[part]),
+                },
+                schema=schemas[LABELS],
+            )
+            _write(root / PREDICTIONS, day, hour, predictions)
+            label_hour = day + timedelta(hours=hour + 1)
+            _write(root / LABELS, label_hour, label_hour.hour, label_table)
+
+
+def _write(root: Path, day: datetime, hour: int, table) -> None:
+    """A part file where the service would put it (dt=/hour= partitions)."""
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    directory = root / f"dt={day:%Y-%m-%d}" / f"hour={hour:02d}"
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, directory / f"part-bench-{uuid.uuid4().hex[:12]}.parquet")
+
+
+# ---------------------------------------------------------------- measuring
+def run_flow(live: Live, start: datetime) -> tuple[float, dict]:
+    from flows.monitor import monitor
+
+    return timed(
+        lambda: monitor(start=start, end=start + timedelta(days=1), config=str(live.project.path))
+    )
+
+
+def check_alone(live: Live, start: datetime) -> dict[str, float]:
+    """The monitor's check step on the same reference and window, and the window's read."""
+    from tasks.capture import read_window
+    from tasks.checks import check_window
+    from tasks.data import reference_for
+    from tasks.releases import read_serving
+
+    labels = read_serving(live.project).labels
+    reference = reference_for(live.project, labels["data_rev"], labels.get("git_commit"))
+    read_s, window = timed(lambda: read_window(live.project, start, start + timedelta(days=1)))
+    check_s, _ = timed(lambda: check_window.fn(reference, window.frame, live.project))
+    return {"read_window_s": read_s, "check_s": check_s}
+
+
+def last_record(live: Live) -> dict:
+    from tasks.history import history_dir
+
+    runs = sorted((history_dir(live.project) / "runs").glob("*.json"), key=_mtime)
+    return json.loads(runs[-1].read_text())
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def notice_delay(live: Live, since: float) -> float | None:
+    """Seconds from the saved result of the latest run to its Slack notice's arrival."""
+    finished = datetime.fromisoformat(last_record(live)["finished_at"]).timestamp()
+    arrivals = [
+        t for t, method, _ in live.slack.arrivals if method == "chat.postMessage" and t >= since
+    ]
+    return None if not arrivals else arrivals[0] - finished
+
+
+def measure(live: Live, rows: int, name: str, day: datetime, repeats: int) -> None:
+    flows: list[float] = []
+    checks: list[dict[str, float]] = []
+    delays: list[float] = []
+    outcome: dict = {}
+    for _ in range(repeats):
+        since = time.time()
+        seconds, outcome = run_flow(live, day)
+        flows.append(seconds)
+        if name == "drift":
+            delay = notice_delay(live, since)
+            if delay is not None:
+                delays.append(delay)
+        checks.append(check_alone(live, day))
+    flow_s = median(flows)
+    check_s = median(c["check_s"] for c in checks)
+    overhead = ratio(flow_s, check_s)
+    emit(
+        {
+            "bench": "monitor",
+            "case": f"{rows}-{name}",
+            "rows": rows,
+            "window": name,
+            "repeats": repeats,
+            "files": -(-rows // ROWS_PER_FILE),
+            "verdict": outcome.get("verdict"),
+            "report_written": bool(outcome.get("report")),
+            "flow_s": round(flow_s, 3),
+            "check_s": round(check_s, 3),
+            "read_window_s": round(median(c["read_window_s"] for c in checks), 3),
+            "flow_over_check": overhead,
+            "all_flow_s": [round(f, 3) for f in flows],
+            "goals": {"flow_over_check": goal(overhead, "<=", 1.5)},
+        }
+    )
+    if name == "drift":
+        delay = round(median(delays), 3) if delays else None
+        emit(
+            {
+                "bench": "notice",
+                "case": f"{rows}-{name}",
+                "rows": rows,
+                "notices": len(delays),
+                "result_to_notice_s": delay,
+                "goals": {"result_to_notice_s": goal(delay, "<=", 2.0)},
+            }
+        )
+
+
+def quiet_policy(raw: dict) -> None:
+    """No retrain trigger: a triggered run would add a deployment call to later runs."""
+    raw["policy"]["consecutive_windows"] = 1_000_000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=("small", "full"), default="full")
+    parser.add_argument("--rows", default=None, help="comma-separated row counts (overrides size)")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args()
+    sizes = tuple(int(r) for r in args.rows.split(",")) if args.rows else SIZES[args.size]
+    repeats = args.repeats or REPEATS[args.size]
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_monitor_") as tmp,
+        live_stack(Path(tmp), change=quiet_policy) as live,
+    ):
+        days = {}
+        for i, (rows, name) in enumerate((r, n) for r in sizes for n in WINDOWS):
+            days[(rows, name)] = FIRST_DAY + timedelta(days=2 * i)
+            fill_window(live, days[(rows, name)], rows, WINDOWS[name], seed=i)
+        run_flow(live, days[(sizes[0], "quiet")])  # warm-up: imports and the first API calls
+        for (rows, name), day in days.items():
+            measure(live, rows, name, day, repeats)
+
+
+if __name__ == "__main__":
+    main()

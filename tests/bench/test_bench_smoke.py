@@ -1,0 +1,86 @@
+"""Each benchmark at its smallest size, so the scripts cannot rot.
+
+Goals are not asserted (the machine is shared and timings are noisy); what is asserted is that
+every case prints one parseable JSON line with its numbers, goals and environment, and the
+deterministic facts: verdicts equal Evidently's, the new bento answers after a roll-forward,
+a drifted window is reported and notified while a quiet one is not.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV_KEYS = {"python", "bentoml", "evidently", "prefect", "numpy", "cpus"}
+
+
+def run_bench(script: str, *args: str, timeout: float = 600) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, f"bench/{script}.py", "--size", "small", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stdout[-2000:]
+    for line in lines:
+        assert {"bench", "case", "goals", "ok", "env"} <= set(line)
+        assert ENV_KEYS <= set(line["env"])
+        for name, g in line["goals"].items():
+            assert {"value", "op", "target", "pass"} <= set(g), name
+            assert g["value"] is not None, f"{line['case']}: goal {name} not measured"
+        assert line["ok"] == all(g["pass"] for g in line["goals"].values())
+    return lines
+
+
+def by_bench(lines: list[dict], bench: str) -> list[dict]:
+    return [line for line in lines if line["bench"] == bench]
+
+
+def test_checks_agree_with_evidently():
+    (line,) = run_bench("bench_checks", timeout=300)
+    assert line["rows"] == 10_000 and line["columns"] == "20+3"
+    assert line["verdicts_equal_preset"] == line["scores_equal_preset"] == "23/23"
+    assert line["verdicts_equal_limit"] == "23/23"
+    # the 0.5 sd shifts and the swapped categories drift; 0 and 0.05 sd, and 2 pp, do not
+    assert line["drifted_columns"] == sorted(
+        [f"n{i:02d}_shift0.5" for i in range(2, 20, 3)] + ["c02_k200_swap"]
+    )
+    for key in ("checks_s", "limit_s", "preset_s", "read_s", "rss_peak_mib", "frames_mib"):
+        assert line[key] > 0, key
+    assert set(line["goals"]) == {"checks_over_limit", "verdicts_equal_preset", "rss_over_frames"}
+
+
+@pytest.mark.integration
+def test_monitor_flow_cost_and_notice():
+    lines = run_bench("bench_monitor")
+    monitor = {line["window"]: line for line in by_bench(lines, "monitor")}
+    assert monitor["quiet"]["verdict"] == "no_drift" and not monitor["quiet"]["report_written"]
+    assert monitor["drift"]["verdict"] == "drift" and monitor["drift"]["report_written"]
+    for line in monitor.values():
+        assert line["flow_s"] > line["check_s"] > 0
+    (notice,) = by_bench(lines, "notice")
+    assert notice["notices"] == 1 and notice["result_to_notice_s"] >= 0
+
+
+@pytest.mark.integration
+def test_serving_rollforward_and_approval():
+    lines = run_bench("bench_serving")
+    serving = {line["batch"]: line for line in by_bench(lines, "serving")}
+    assert set(serving) == {1, 64}
+    for line in serving.values():
+        assert line["failed"] == 0
+        assert line["requests_per_s_capture_on"] > 0 and line["requests_per_s_capture_off"] > 0
+        assert line["rows_per_s_inprocess"] > 0
+    assert "served_over_inprocess" in serving[64]["goals"]
+    (roll,) = by_bench(lines, "rollforward")
+    assert roll["new_bento_answering"] and roll["switch_requests"] > 0
+    (approval,) = by_bench(lines, "approval_to_serving")
+    assert approval["latency_s"] > approval["build_s"] > 0
