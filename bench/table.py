@@ -95,7 +95,8 @@ def render(lines: list[dict[str, Any]]) -> str:
         out.append("| " + " | ".join(heads) + " |")
         out.append("|" + "---|" * len(heads))
         for line in rows:
-            out.append("| " + " | ".join([*(cell(line, k) for _, k in columns), goals(line)]) + " |")
+            cells = [*(cell(line, k) for _, k in columns), goals(line)]
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 
