@@ -17,6 +17,10 @@ from model.lineage import dvc_recorded_md5, file_md5
 from tasks.commands import CommandError, bin_path, run
 
 
+class DataRevError(CommandError):
+    """A data version cannot be read back intact; the message names it and the fix."""
+
+
 @dataclass(frozen=True)
 class DataState:
     path: str
@@ -25,16 +29,74 @@ class DataState:
 
 
 def ensure_data(project: Project) -> DataState:
-    """Make `data.path` present and pushed: pull it, or create it from `data.source`."""
+    """Make `data.path` present and pushed: pull it, or create it from `data.source`.
+
+    What arrives must be the data rev its `.dvc` file records: a pull that brings other bytes
+    (a corrupt cache or remote object) is removed and refused, and data recreated from the
+    source is only adopted when it is the same rev. Nothing else gets tracked silently."""
     path = project.data_path
+    recorded = dvc_recorded_md5(path)
     action = "present"
-    if not path.is_file() and dvc_recorded_md5(path):
-        action = "pulled" if _try_pull(project) else action
+    pull_error = ""
+    if not path.is_file() and recorded:
+        pull_error = _try_pull(project)
+        if path.is_file():
+            action = "pulled"
+            _refuse_corrupt_pull(project, recorded)
     if not path.is_file():
         create_from_source(project)
-        action = "created"
+        action = f"created (dvc pull failed: {pull_error})" if pull_error else "created"
+        if recorded and file_md5(path) != recorded:
+            path.unlink()
+            raise DataRevError(
+                f"{_rel(project)}: data rev {recorded[:12]} could not be pulled ({pull_error}) "
+                f"and data.source gives other data. Restore the object on the DVC remote "
+                f"and run `driftloop data` again, or, to adopt the source's data, "
+                f"`dvc add {_rel(project)}` and commit its .dvc file"
+            )
     track(project)
     return DataState(path=project.config.data.path, md5=file_md5(path), action=action)
+
+
+def _rel(project: Project) -> str:
+    return str(project.data_path.relative_to(project.root))
+
+
+def _refuse_corrupt_pull(project: Project, recorded: str) -> None:
+    actual = file_md5(project.data_path)
+    if actual == recorded:
+        return
+    project.data_path.unlink()
+    cached = _cache_path(project, recorded)
+    cached.unlink(missing_ok=True)  # a bad object would only come back on the next checkout
+    raise DataRevError(
+        f"{_rel(project)}: `dvc pull` brought corrupt data (md5 {actual[:12]}, "
+        f"{_rel(project)}.dvc records {recorded[:12]}); removed it and its cache object. "
+        f"The remote's object files/md5/{recorded[:2]}/{recorded[2:]} is damaged: restore it "
+        "from a good copy (`dvc push` from a clone that has it), then run `driftloop data`"
+    )
+
+
+def verify_data(project: Project) -> None:
+    """Before training: `data.path` must be exactly the rev its `.dvc` file records, so a
+    partial pull or a corrupt cache object never reaches `dvc repro`."""
+    recorded = dvc_recorded_md5(project.data_path)
+    if recorded is None:
+        return  # not tracked yet: `driftloop data` tracks it
+    rel = _rel(project)
+    if not project.data_path.is_file():
+        raise DataRevError(
+            f"{rel} is missing (its .dvc file records data rev {recorded[:12]}); "
+            "run `driftloop data` (dvc pull) before training"
+        )
+    actual = file_md5(project.data_path)
+    if actual != recorded:
+        raise DataRevError(
+            f"{rel} is not the data rev {rel}.dvc records (md5 {actual[:12]}, recorded "
+            f"{recorded[:12]}): it is partial or corrupt, or was changed without `dvc add`. "
+            f"Restore it with `dvc checkout {rel}` (or delete it and run `driftloop data`), "
+            f"or run `dvc add {rel}` if you changed it on purpose; nothing was trained"
+        )
 
 
 def create_from_source(project: Project) -> None:
@@ -65,17 +127,17 @@ def track(project: Project) -> None:
     )
 
 
-def _try_pull(project: Project) -> bool:
-    rel = str(project.data_path.relative_to(project.root)) + ".dvc"
+def _try_pull(project: Project) -> str:
+    """`dvc pull` the data; '' when it worked, else the reason in DVC's words."""
     try:
-        run([bin_path("dvc"), "pull", "-q", rel], project.root, hint="")
-    except CommandError:
-        return False
-    return project.data_path.is_file()
+        run([bin_path("dvc"), "pull", "-q", _rel(project) + ".dvc"], project.root, hint="")
+    except CommandError as exc:
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else "dvc pull failed"
+    return ""
 
 
-class DataRevError(CommandError):
-    """A data version cannot be read back intact; the message names it and the fix."""
+def _cache_path(project: Project, md5: str) -> Path:
+    return project.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
 def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> pd.DataFrame:
@@ -109,7 +171,7 @@ def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> 
 
 
 def _cached_bytes(project: Project, md5: str) -> bytes | None:
-    path = project.root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+    path = _cache_path(project, md5)
     return path.read_bytes() if path.is_file() else None
 
 

@@ -18,6 +18,10 @@ class TrainingResult:
 
 
 def reproduce(project: Project) -> TrainingResult:
+    """`dvc repro`, after checking the training data is the rev DVC records (never partial)."""
+    from tasks.data import verify_data
+
+    verify_data(project)
     out = run(
         [bin_path("dvc"), "repro"],
         project.root,
