@@ -21,9 +21,10 @@ from tasks.releases import read_serving
 from tasks.trigger import earlier_open_retrain
 
 
-def report_crash(flow, run, state) -> None:
+def report_crash(flow, flow_run, state) -> None:
     """on_crashed: the process running the retrain died (killed, out of memory, host lost).
     Say so in the model's thread: nothing was promoted, and a new trigger starts afresh."""
+    run = flow_run
     project = load_project((run.parameters or {}).get("config"))
     serving = read_serving(project)
     send_notice(
