@@ -1,0 +1,306 @@
+"""Promote on the real stack: bentoml serve in blue/green slots behind nginx, load from a second
+process on loopback, and every way a roll-forward can fail ending with the old release serving."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from bench.load import Requests, finish, start_load
+from tests.fakes.slack_api import FakeSlack
+from tests.integration.test_stack import free_endpoints, up
+from tests.support import BIN, copy_project, driftloop, edit_config, sh, tool_env
+
+pytestmark = pytest.mark.integration
+
+LOAD_RATE = 25  # requests/s, batch 1, 4 in flight
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A fresh clone with its stack up and the first release serving behind nginx."""
+    root = copy_project(tmp_path_factory.mktemp("promote"))
+
+    def change(raw):
+        free_endpoints(raw)
+        raw["serving"]["watch_seconds"] = 6
+        raw["serving"]["probe_interval_seconds"] = 0.25
+        raw["serving"]["max_p95_latency_seconds"] = 10.0  # a shared 2-core machine, not a bench
+
+    edit_config(root, change)
+    driftloop(root, "data")
+    driftloop(root, "train")
+    up(root)
+    supervisorctl(root, "stop", "prefect-worker")  # only the runs this test starts
+    project = load(root)
+    from tasks.package import build_bento, register_model
+    from tasks.rollout import go_live
+
+    go_live(project, build_bento(project, register_model(project)))
+    yield project
+    sh([str(BIN / "driftloop"), "down"], root, check=False)
+
+
+def load(root: Path):
+    from config.loader import load_project
+
+    return load_project(root / "config/driftloop.yaml")
+
+
+def supervisorctl(root: Path, *args: str):
+    conf = root / ".driftloop/stack/supervisord.conf"
+    return sh([str(BIN / "supervisorctl"), "-c", str(conf), *args], root)
+
+
+def client_url(project) -> str:
+    return f"http://{project.config.serving.host}:{project.config.serving.port}/predict"
+
+
+def traffic(project, tmp_path: Path, rows: int = 1, seconds: float = 180) -> subprocess.Popen:
+    from tasks.traffic import sample_records
+
+    body = json.dumps({"records": sample_records(project, rows).records}).encode()
+    return start_load(
+        client_url(project),
+        body,
+        tmp_path / "load.json",
+        concurrency=4,
+        max_requests=int(LOAD_RATE * seconds),
+        max_seconds=seconds,
+        rate=LOAD_RATE,
+    )
+
+
+def stop_traffic(process: subprocess.Popen, tmp_path: Path) -> Requests:
+    return finish(process, tmp_path / "load.json", timeout=60, stop=True)
+
+
+def answered_by(project) -> str:
+    return httpx.post(client_url(project), json={"records": sample(project)}).json()["bento"]
+
+
+def sample(project) -> list[dict]:
+    from tasks.traffic import sample_records
+
+    return sample_records(project, 1).records
+
+
+def after_switch_all_new(requests: Requests, old: str, new: str) -> bool:
+    """Once a request has been answered by `new`, no request started later reaches `old`."""
+    order = sorted(range(len(requests.bento)), key=lambda i: requests.start[i])
+    first_new_end = min(
+        (requests.start[i] + requests.seconds[i] for i in order if requests.bento[i] == new),
+        default=None,
+    )
+    assert first_new_end is not None, f"no request reached {new}"
+    late = [i for i in order if requests.start[i] > first_new_end]
+    return all(requests.bento[i] == new for i in late) and old in requests.bento
+
+
+def slot_answers(project, slot: str) -> bool:
+    from tasks.serving import slot_url
+
+    try:
+        return httpx.get(f"{slot_url(project, slot)}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def attempts(project):
+    from tasks.releases import read_attempts
+
+    return read_attempts(project)
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_path, monkeypatch):
+    from flows.promote import promote
+    from tasks.releases import read_serving
+
+    project = live
+    slack = FakeSlack().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    before = read_serving(project)
+
+    load = traffic(project, tmp_path)
+    try:
+        bento = promote(
+            candidate=before.model_tag,
+            retrain_run="3f1c-retrain-run",
+            approver="alice",
+            approved_at="2026-11-23T10:00:00+00:00",
+            evidence_hash="e" * 64,
+            config=str(project.path),
+        )
+    finally:
+        requests = stop_traffic(load, tmp_path)
+        slack.stop()
+    assert requests.failed == 0, f"{requests.failed} of {len(requests.status)} requests failed"
+    assert after_switch_all_new(requests, before.bento, bento)
+    assert answered_by(project) == bento
+    assert not slot_answers(project, before.slot), "the old slot still runs"
+    assert attempts(project)[-1].outcome == "promoted"
+    assert any(bento in m["text"] and "now serving" in m["text"] for m in slack.posted())
+
+    # lineage: bento -> model -> data rev -> commit -> run -> approver and time -> evidence
+    shown = json.loads(driftloop(project.root, "lineage", "--json").stdout)
+    meta = json.loads((project.root / "artifacts/model/meta.json").read_text())["lineage"]
+    sh(["git", "cat-file", "-e", meta["git_commit"]], project.root)  # a commit of this repo
+    assert shown["lineage"] == {
+        "bento": bento,
+        "model_tag": before.model_tag,
+        "data_rev": meta["data_rev"],
+        "git_commit": meta["git_commit"],
+        "retrain_run": "3f1c-retrain-run",
+        "approver": "alice",
+        "approved_at": "2026-11-23T10:00:00+00:00",
+        "evidence_hash": "e" * 64,
+    }
+
+    # rollback: the previous release again, through the same checks, under load
+    load = traffic(project, tmp_path)
+    try:
+        done = driftloop(project.root, "rollback", check=False)
+    finally:
+        requests = stop_traffic(load, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert requests.failed == 0
+    assert answered_by(project) == before.bento
+    assert read_serving(project).bento == before.bento
+    assert attempts(project)[-1].action == "rollback"
+
+
+# ---------------------------------------------------------------- failures roll back
+
+
+def test_a_candidate_never_ready_is_stopped_within_its_deadline(live, tmp_path):
+    from tasks.package import build_bento
+    from tasks.releases import read_serving
+    from tasks.rollout import RolloutFailed, go_live, idle_slot
+
+    before = read_serving(live)
+    serving = live.config.serving.model_copy(update={"ready_timeout_seconds": 1.0})
+    hasty = dataclasses.replace(live, config=live.config.model_copy(update={"serving": serving}))
+    bento = build_bento(live, before.model_tag)
+
+    load = traffic(live, tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RolloutFailed, match="not ready after 1 s") as failed:
+            go_live(hasty, bento)
+        took = time.monotonic() - started
+    finally:
+        requests = stop_traffic(load, tmp_path)
+    assert took < 30, f"the rollback took {took:.0f} s"
+    assert requests.failed == 0 and set(requests.bento) == {before.bento}
+    assert failed.value.attempt.outcome == "failed" and failed.value.attempt.stage == "start"
+    assert read_serving(live) == before
+    assert not slot_answers(live, idle_slot(before)), "the candidate still runs"
+    assert attempts(live)[-1].release.bento == bento.tag
+
+
+def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
+    live, prefect_server, tmp_path, monkeypatch
+):
+    """A service change that passes the smoke test (20 rows) but fails clients' two-row batches."""
+    from flows.promote import promote
+    from tasks.releases import read_serving
+
+    project = live
+    before = read_serving(project)
+    service = project.root / "model/service.py"
+    original = service.read_text()
+    anchor = "        try:\n            validate_records(records, self.schema, ARGS.max_batch)"
+    assert anchor in original
+    fault = '        if len(records) == 2:\n            raise RuntimeError("fault")\n'
+    service.write_text(original.replace(anchor, fault + anchor))
+    slack = FakeSlack().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    load = traffic(project, tmp_path, rows=2)
+    try:
+        with pytest.raises(Exception, match="5xx"):
+            promote(candidate=before.model_tag, approver="bob", config=str(project.path))
+    finally:
+        requests = stop_traffic(load, tmp_path)
+        slack.stop()
+        service.write_text(original)
+    failed = attempts(project)[-1]
+    assert failed.outcome == "rolled_back" and failed.stage == "watch", failed
+    assert answered_by(project) == before.bento and read_serving(project) == before
+    assert not slot_answers(project, failed.release.slot)
+    assert requests.failed > 0 and requests.bento[-1] == before.bento
+    (notice,) = [m for m in slack.posted() if "was not promoted" in m["text"]]
+    assert "rolled back at watch" in notice["text"] and "5xx" in notice["text"]
+    assert f"{before.bento} keeps serving" in notice["text"]
+    pushed = httpx.get(f"{project.config.endpoints.pushgateway}/metrics").text
+    assert any(
+        'job="driftloop_rollouts"' in line
+        and 'outcome="rolled_back"' in line
+        and not line.endswith(" 0")
+        for line in pushed.splitlines()
+        if line.startswith("driftloop_rollouts_total{")
+    ), pushed
+
+
+def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server, tmp_path):
+    from tasks.releases import read_serving
+
+    project = live
+    before = read_serving(project)
+    tried = len(attempts(project))
+    archives = set((project.state_dir / "releases").glob("*"))
+    code = (
+        "from flows.promote import promote; "
+        f"promote(candidate={before.model_tag!r}, approver='carol', config={str(project.path)!r})"
+    )
+    env = {**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
+    load = traffic(project, tmp_path)
+    try:
+        flow = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=project.root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        assert wait_for_child(flow.pid, "build", 120), "bentoml build never started"
+        os.killpg(flow.pid, signal.SIGKILL)  # the flow and its build, mid-way
+        flow.wait(10)
+        time.sleep(2)
+    finally:
+        requests = stop_traffic(load, tmp_path)
+    assert requests.failed == 0 and set(requests.bento) == {before.bento}
+    assert read_serving(project) == before
+    assert answered_by(project) == before.bento
+    assert len(attempts(project)) == tried, "a killed build was recorded as a release"
+    assert set((project.state_dir / "releases").glob("*")) == archives
+
+
+def wait_for_child(pid: int, word: str, seconds: float) -> bool:
+    """Until a descendant of `pid` runs a command line containing `word`."""
+    deadline = time.monotonic() + seconds
+    parent = psutil.Process(pid)
+    while time.monotonic() < deadline:
+        for child in parent.children(recursive=True):
+            try:
+                if word in child.cmdline():
+                    return True
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.1)
+    return False
