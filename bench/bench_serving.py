@@ -9,9 +9,10 @@ Cases, one JSON line each:
   built beforehand: the model's own cost; `..._from_records` adds building the feature frame
   from the JSON records, as the service does). Load comes from a second process (`bench.load`,
   closed loop, 8 in flight); the variants run round-robin in each repeat.
-* `rollforward`: a steady paced load through nginx while `tasks.rollout.go_live` puts a new
-  bento into service: failed requests, and the p99 from the start of the switch to two seconds
-  after it against the p99 of the steady seconds before it.
+* `rollforward`: a steady paced load (half the batch-1 capacity just measured) through nginx
+  while `tasks.rollout.go_live` puts a new bento into service: failed requests, and the p99
+  from the start of the switch to two seconds after it against the p99 of the steady seconds
+  before it.
 * `approval_to_serving`: from the approval (the moment `build_bento` is called) until nginx
   answers with the new bento, against the sum of the unavoidable parts measured right after it
   in this run: `bentoml build` of the same model, and a `bentoml serve` of it until `/readyz`.
@@ -47,7 +48,8 @@ SETTINGS = {
 }
 BATCHES = (1, 64)
 CONCURRENCY = 8  # requests in flight for throughput (closed loop)
-ROLL_RATE = 40.0  # requests/s during the roll-forward: a steady load well below capacity
+ROLL_SHARE = 0.5  # the roll-forward's load: this share of the measured batch-1 capacity
+ROLL_RATE = 20.0  # requests/s when capacity was not measured in this run
 SWITCH_TAIL_S = 2.0  # the switch window ends this long after go_live returns
 MAX_REQUESTS = 1_000_000
 
@@ -133,7 +135,8 @@ def route(live: Live, slot: str) -> None:
 
 
 # ---------------------------------------------------------------- cases
-def serving_cases(live: Live, size: str, tmp: Path) -> None:
+def serving_cases(live: Live, size: str, tmp: Path) -> float:
+    """Emit the serving lines; returns the batch-1 capacity (requests/s, capture on)."""
     from tasks.serving import start_slot, stop_slot
 
     s = SETTINGS[size]
@@ -153,8 +156,10 @@ def serving_cases(live: Live, size: str, tmp: Path) -> None:
     finally:
         route(live, "blue")
         stop_slot(live.project, "green")
-    for batch in BATCHES:
-        emit(serving_line(batch, s, runs))
+    lines = [serving_line(batch, s, runs) for batch in BATCHES]
+    for line in lines:
+        emit(line)
+    return lines[0]["requests_per_s_capture_on"] or ROLL_RATE / ROLL_SHARE
 
 
 def _med(runs: list[dict], key: str) -> float | None:
@@ -197,8 +202,8 @@ def serving_line(batch: int, s: dict, runs: dict) -> dict:
     }
 
 
-def rollforward_case(live: Live, size: str, tmp: Path) -> None:
-    """go_live of a new bento while a paced load runs through nginx."""
+def rollforward_case(live: Live, size: str, tmp: Path, rate: float) -> None:
+    """go_live of a new bento while a paced load (below capacity) runs through nginx."""
     from tasks.package import build_bento
     from tasks.rollout import go_live
 
@@ -214,7 +219,7 @@ def rollforward_case(live: Live, size: str, tmp: Path) -> None:
         concurrency=32,
         max_requests=MAX_REQUESTS,
         max_seconds=s["steady_s"] + s["tail_s"] + 300,
-        rate=ROLL_RATE,
+        rate=rate,
     )
     time.sleep(s["steady_s"])
     switch_start = time.time()
@@ -229,8 +234,8 @@ def rollforward_case(live: Live, size: str, tmp: Path) -> None:
     emit(
         {
             "bench": "rollforward",
-            "case": f"rate{ROLL_RATE:g}",
-            "rate_per_s": ROLL_RATE,
+            "case": "batch1",
+            "rate_per_s": round(rate, 1),
             "requests": len(done.status),
             "failed": done.failed,
             "switch_s": round(switch_end - switch_start, 3),
@@ -345,10 +350,11 @@ def main() -> None:
         loads = Path(tmp) / "loads"
         loads.mkdir()
         with live_stack(Path(tmp) / "project") as live:
+            rate = ROLL_RATE
             if "serving" in cases:
-                serving_cases(live, args.size, loads)
+                rate = ROLL_SHARE * serving_cases(live, args.size, loads)
             if "rollforward" in cases:
-                rollforward_case(live, args.size, loads)
+                rollforward_case(live, args.size, loads, rate)
             if "approval" in cases:
                 approval_case(live)
 

@@ -71,6 +71,8 @@ def cell(line: dict[str, Any], key: str | tuple[str, ...]) -> str:
     if isinstance(key, tuple):
         return " / ".join(cell(line, k) for k in key)
     value = line.get(key)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
