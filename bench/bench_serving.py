@@ -126,6 +126,19 @@ def capture_off(project):
     return dataclasses.replace(project, config=cfg.model_copy(update={"capture": capture}))
 
 
+def wait_closed(port: int, timeout: float = 30) -> None:
+    """Until nothing listens on `port`: a slot's workers can outlive its stop for a moment, and
+    the next roll-forward starts its candidate on that port."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.2)
+
+
 def route(live: Live, slot: str) -> None:
     """Point nginx at `slot` and give the graceful reload a moment to take over."""
     from tasks.serving import switch_traffic
@@ -137,7 +150,7 @@ def route(live: Live, slot: str) -> None:
 # ---------------------------------------------------------------- cases
 def serving_cases(live: Live, size: str, tmp: Path) -> float:
     """Emit the serving lines; returns the batch-1 capacity (requests/s, capture on)."""
-    from tasks.serving import start_slot, stop_slot
+    from tasks.serving import slot_port, start_slot, stop_slot
 
     s = SETTINGS[size]
     start_slot(capture_off(live.project), "green", live.bento.tag)  # blue: capture on
@@ -156,6 +169,7 @@ def serving_cases(live: Live, size: str, tmp: Path) -> float:
     finally:
         route(live, "blue")
         stop_slot(live.project, "green")
+        wait_closed(slot_port(live.project, "green"))
     lines = [serving_line(batch, s, runs) for batch in BATCHES]
     for line in lines:
         emit(line)
