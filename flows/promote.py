@@ -11,11 +11,27 @@ from prefect import flow, get_run_logger
 from config.loader import Project, load_project
 from tasks.notify import Notice, close_thread, send_notice
 from tasks.package import build_bento, export_bento
-from tasks.releases import Attempt, Release
-from tasks.rollout import RolloutFailed, attempt_failed, put_into_service
+from tasks.releases import Attempt, Release, read_serving
+from tasks.rollout import RolloutFailed, attempt_failed, put_into_service, reconcile
 
 
-@flow(name="promote", log_prints=True, persist_result=True)
+def reconcile_after_crash(flow, flow_run, state) -> None:
+    """on_crashed: the process died mid-roll-forward; put serving back as recorded, say so."""
+    project = load_project((flow_run.parameters or {}).get("config"))
+    undone = reconcile(project)
+    serving = read_serving(project)
+    send_notice(
+        project,
+        Notice(
+            text=f":x: promote run {flow_run.name} crashed: {state.message or state.name}. "
+            f"{undone or 'Nothing had changed'}; "
+            f"{serving.bento if serving else 'nothing'} is serving."
+        ),
+        None,
+    )
+
+
+@flow(name="promote", log_prints=True, persist_result=True, on_crashed=[reconcile_after_crash])
 def promote(
     candidate: str,
     retrain_run: str = "",

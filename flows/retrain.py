@@ -24,13 +24,17 @@ from tasks.trigger import earlier_open_retrain
 def report_crash(flow, flow_run, state) -> None:
     """on_crashed: the process running the retrain died (killed, out of memory, host lost).
     Say so in the model's thread: nothing was promoted, and a new trigger starts afresh."""
+    from tasks.rollout import reconcile
+
     run = flow_run
     project = load_project((run.parameters or {}).get("config"))
+    undone = reconcile(project)  # the promote subflow may have died mid-roll-forward
     serving = read_serving(project)
     send_notice(
         project,
         Notice(
             text=f"retrain run {run.name} ({run.id}) crashed: {state.message or state.name}. "
+            f"{undone + '; ' if undone else ''}"
             f"Nothing was promoted; {serving.bento if serving else 'no release'} is still "
             "serving. Trigger a new retrain (`driftloop retrain`) when the cause is fixed."
         ),

@@ -10,6 +10,7 @@ failed or rolled back, and raises `RolloutFailed` with the step and the reason.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -28,7 +29,7 @@ from tasks.releases import (
     record_serving,
     rollout_counts,
 )
-from tasks.serving import SLOTS, slot_url, start_slot, stop_slot, switch_traffic
+from tasks.serving import SLOTS, slot_port, slot_url, start_slot, stop_slot, switch_traffic
 
 DRAIN_SECONDS = 2.0  # nginx's old workers finish their requests to a slot before it stops
 
@@ -62,6 +63,7 @@ def go_live(
     progress: Progress = lambda _: None,
 ) -> Release:
     """Serve `bento` through nginx; on any failure the previous release keeps serving."""
+    reconcile(project)  # an earlier attempt that died half-way is undone first
     current = read_serving(project)
     slot = idle_slot(current)
     release = Release(
@@ -139,6 +141,57 @@ def restore(project: Project, current: Release | None, slot: str, switched: bool
     else:
         notes.append(f"{current.bento} keeps serving")
     return "; ".join(notes)
+
+
+def reconcile(project: Project) -> str | None:
+    """Make nginx and the slots agree with serving.json again after a roll-forward's process
+    died half-way (killed, host lost): traffic back on the recorded release, the stray slot
+    stopped and its attempt logged as rolled back. Returns what it did, or None."""
+    from tasks import stack
+
+    current = read_serving(project)
+    if current is None or current.slot not in SLOTS or stack.supervisor_pid(project) is None:
+        return None
+    stray = idle_slot(current)
+    stray_bento = slot_bento(project, stray)
+    moved = stack.upstream_port(project) != slot_port(project, current.slot)
+    if not moved and stray_bento is None:
+        return None
+    done = []
+    if moved:
+        switch_traffic(project, current.slot)
+        done.append(f"traffic back on {current.bento}")
+    if stray_bento is not None:
+        time.sleep(DRAIN_SECONDS)
+        stop_slot(project, stray)
+        done.append(f"{stray_bento} stopped in slot {stray}")
+    what = "; ".join(done)
+    if stray_bento is not None and stray_bento != current.bento:
+        finish(
+            project,
+            Attempt(
+                at=now_iso(),
+                release=Release(
+                    bento=stray_bento, model_tag="", url=client_url(project), labels={}, slot=stray
+                ),
+                outcome="rolled_back" if moved else "failed",
+                stage="interrupted",
+                reason=f"the roll-forward's process died before it finished; {what}",
+                previous=current.bento,
+            ),
+        )
+    return what
+
+
+def slot_bento(project: Project, slot: str) -> str | None:
+    """The bento a slot's supervisord program serves, if the slot is configured."""
+    from tasks import stack
+
+    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    if not conf.exists():
+        return None
+    match = re.search(r" serve (\S+) ", conf.read_text())
+    return match.group(1) if match else "?"
 
 
 def finish(project: Project, attempt: Attempt) -> None:

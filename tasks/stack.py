@@ -277,6 +277,13 @@ http {{
     )
 
 
+def upstream_port(project: Project) -> int | None:
+    """The slot port nginx sends clients to now (None before the first `up`)."""
+    path = stack_dir(project) / "nginx" / "upstream.conf"
+    match = re.search(r"server 127\.0\.0\.1:(\d+);", path.read_text()) if path.exists() else None
+    return int(match.group(1)) if match else None
+
+
 def write_upstream(project: Project, port: int) -> Path:
     path = stack_dir(project) / "nginx" / "upstream.conf"
     tmp = path.with_suffix(".new")

@@ -304,3 +304,94 @@ def wait_for_child(pid: int, word: str, seconds: float) -> bool:
                 continue
         time.sleep(0.1)
     return False
+
+
+MARKERS = {"start": "starting ", "smoke": "smoke test:", "watch": "watch: "}
+
+
+@pytest.mark.parametrize("step", list(MARKERS))
+def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
+    live, prefect_server, tmp_path, step, monkeypatch
+):
+    """kill -9 of the promote process mid-roll-forward; the crash hook (what Prefect runs when
+    the process is gone) puts traffic back on the recorded release and stops the stray slot."""
+    from prefect import get_client
+    from prefect.states import Crashed
+
+    from flows.promote import promote, reconcile_after_crash
+    from tasks.releases import read_serving
+    from tasks.rollout import idle_slot
+
+    project = live
+    before = read_serving(project)
+    slack = FakeSlack().start()
+    monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    code = (
+        "from flows.promote import promote; "
+        f"promote(candidate={before.model_tag!r}, approver='dave', config={str(project.path)!r})"
+    )
+    env = {**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
+    load = traffic(project, tmp_path)
+    try:
+        flow = subprocess.Popen(
+            [sys.executable, "-u", "-c", code],
+            cwd=project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        run_id = read_until_marker(flow, MARKERS[step], 180)
+        slot_conf = project.state_dir / "stack" / "slots" / f"{idle_slot(before)}.conf"
+        deadline = time.monotonic() + 30
+        while not slot_conf.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # killed once the candidate's program exists, as it is starting
+        os.killpg(flow.pid, signal.SIGKILL)
+        flow.wait(10)
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(run_id)
+        reconcile_after_crash(promote, flow_run, Crashed(message="process killed"))
+    finally:
+        requests = stop_traffic(load, tmp_path)
+        slack.stop()
+    assert requests.failed == 0, f"{requests.failed} of {len(requests.status)} requests failed"
+    assert read_serving(project) == before
+    assert answered_by(project) == before.bento
+    assert not slot_answers(project, idle_slot(before)), "the stray candidate still runs"
+    last = attempts(project)[-1]
+    assert last.stage == "interrupted" and last.release.bento != before.bento
+    (notice,) = [m for m in slack.posted() if "crashed" in m["text"]]
+    assert f"{before.bento} is serving" in notice["text"]
+
+
+def read_until_marker(process: subprocess.Popen, marker: str, seconds: float) -> str:
+    """Read the flow's log until `marker`; returns the flow run id it printed."""
+    import re
+
+    deadline = time.monotonic() + seconds
+    run_id = None
+    for line in process.stdout:
+        found = re.search(r"/runs/flow-run/([0-9a-f-]{36})", line)
+        run_id = run_id or (found.group(1) if found else None)
+        if marker in line and run_id:
+            return run_id
+        assert time.monotonic() < deadline, f"no {marker!r} within {seconds} s"
+    raise AssertionError(f"the flow ended before {marker!r}")
+
+
+def test_after_interrupted_promotes_the_next_one_goes_live(live, tmp_path):
+    from tasks.package import build_bento
+    from tasks.releases import read_serving
+    from tasks.rollout import go_live
+
+    before = read_serving(live)
+    bento = build_bento(live, before.model_tag)
+    load = traffic(live, tmp_path)
+    try:
+        release = go_live(live, bento)
+    finally:
+        requests = stop_traffic(load, tmp_path)
+    assert requests.failed == 0
+    assert release.bento == bento.tag == answered_by(live) == read_serving(live).bento
