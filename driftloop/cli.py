@@ -287,7 +287,6 @@ def retrain(
     ] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the run to finish.")] = False,
     config: ConfigOption = None,
-    propose: bool = False,
 ) -> None:
     """Start the `retrain` deployment (one at a time per model), or show what it would do."""
     from tasks.retrain_plan import plan_retrain
@@ -303,15 +302,30 @@ def retrain(
     if plan.blocked_by:
         console.print(f"[red]refused:[/] a retrain is already open: {plan.blocked_by}")
         raise typer.Exit(1)
-    from prefect.deployments import run_deployment
+    from tasks.trigger import start_retrain
 
-    run = run_deployment(
-        "retrain/retrain",
-        parameters={"reason": reason},
-        timeout=None if wait else 0,
-        tags=["cli"],
-    )
-    console.print(f"retrain run {run.name}: {proj.config.endpoints.prefect}/runs/flow-run/{run.id}")
+    # the same one-run-at-a-time start as the policy's, so racing triggers get one run
+    run_id = start_retrain.fn(proj, reason, {}, source="cli")
+    if run_id is None:
+        console.print("[red]failed:[/] the `retrain` deployment is not registered; `driftloop up`")
+        raise typer.Exit(1)
+    console.print(f"retrain run: {proj.config.endpoints.prefect}/runs/flow-run/{run_id}")
+    if wait:
+        state = wait_for_run(run_id)
+        console.print(f"retrain run ended {state.name}: {state.message or ''}")
+        if not state.is_completed():
+            raise typer.Exit(1)
+
+
+def wait_for_run(run_id: str):
+    import time
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        while not (state := client.read_flow_run(run_id).state).is_final():
+            time.sleep(2)
+    return state
 
 
 @app.command("propose")
@@ -319,8 +333,8 @@ def propose(
     reason: Annotated[str, typer.Option(help="Why: shown in the approval request.")] = "by hand",
     config: ConfigOption = None,
 ) -> None:
-    """Submit the model you trained with `dvc repro` to the same gate and approval."""
-    retrain(reason=reason, dry_run=False, wait=False, config=config, propose=True)
+    """Start a retrain by hand: training set, `dvc repro`, gate and approval, as the policy's."""
+    retrain(reason=reason, dry_run=False, wait=False, config=config)
 
 
 @app.command("render")

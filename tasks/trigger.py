@@ -70,7 +70,9 @@ def earlier_open_retrain(project: Project, run_id: str) -> str | None:
 
 
 @task(name="start_retrain", cache_policy=NO_CACHE)
-def start_retrain(project: Project, reason: str, evidence: dict) -> str | None:
+def start_retrain(
+    project: Project, reason: str, evidence: dict, source: str = "policy"
+) -> str | None:
     """Start the `retrain` deployment unless a retrain is open; returns the run id (the open
     one's when there is one), or None when the deployment is not registered."""
     runs = _retrain_runs(project, open_only=False)
@@ -85,7 +87,7 @@ def start_retrain(project: Project, reason: str, evidence: dict) -> str | None:
             RETRAIN_DEPLOYMENT,
             parameters={"reason": reason, "evidence": evidence},
             timeout=0,
-            tags=["policy"],
+            tags=[source],
             idempotency_key=f"retrain:{project.config.project.name}:after:{after}",
         )
     except ObjectNotFound:

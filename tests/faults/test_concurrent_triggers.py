@@ -4,11 +4,14 @@ channel, a stale queue) stands down while one is open. Real Prefect server and p
 from __future__ import annotations
 
 import contextvars
+import os
+import subprocess
 import threading
 
 import pytest
 
 from tests.faults.conftest import flow_run, wait_until
+from tests.support import BIN, tool_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 TRIGGERS = 10
@@ -60,6 +63,15 @@ def test_ten_triggers_at_once_run_one_retrain(retrain_rig):
     # it runs to the approval; meanwhile another trigger is handed the same open run
     wait_until(lambda: flow_run(run_id).state.is_paused(), 300, "the retrain asking for approval")
     assert start_retrain.fn(project, "test: late", {}) == run_id
+    by_hand = subprocess.run(
+        [str(BIN / "driftloop"), "retrain", "--config", str(project.path)],
+        cwd=project.root,
+        env={**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert by_hand.returncode == 1 and "a retrain is already open" in by_hand.stdout, by_hand
 
     # a run created around the trigger (not through it) stands down, with the reason
     with get_client(sync_client=True) as client:
