@@ -136,7 +136,7 @@ class ServingConfig(Section):
 
 
 class KubernetesConfig(Section):
-    """The same bento image past one machine: rendered into deployments/k8s by `driftloop render`."""
+    """The same bento image past one machine: deployments/k8s, rendered by `driftloop render`."""
 
     namespace: str = "driftloop"
     context: str = Field("", description="kubectl context; empty: kubectl's current one.")
