@@ -116,6 +116,9 @@ class ServingConfig(Section):
         0.01, ge=0, le=1, description="5xx share above which serving alerts / rolls back."
     )
     max_p95_latency_seconds: float = Field(0.5, gt=0)
+    threads: int = Field(
+        1, ge=1, le=256, description="Math-library (OpenMP/BLAS) threads per bento server."
+    )
     backend: Literal["local", "containerize", "kubernetes"] = Field(
         "local",
         description="local: blue/green slots behind the stack's nginx; containerize: also build "

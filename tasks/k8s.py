@@ -97,7 +97,10 @@ def container(project: Project, version: str) -> dict:
         "name": CONTAINER,
         "image": image_name(project, version),
         "imagePullPolicy": "IfNotPresent",
-        "env": [{"name": "BENTOML_PORT", "value": str(cfg.serving.port)}],
+        "env": [
+            {"name": "BENTOML_PORT", "value": str(cfg.serving.port)},
+            {"name": "OMP_NUM_THREADS", "value": str(cfg.serving.threads)},
+        ],
         "ports": [{"name": PORT_NAME, "containerPort": cfg.serving.port, "protocol": "TCP"}],
         **probes(project),
         "resources": {

@@ -108,6 +108,11 @@ def go_live(
     if current is not None and current.slot in SLOTS and current.slot != slot:
         time.sleep(DRAIN_SECONDS)
         stop_slot(project, current.slot)
+    return promoted(project, release, current, action)
+
+
+def promoted(project: Project, release: Release, current: Release | None, action: str) -> Release:
+    """Log the attempt as promoted and export what serves now."""
     finish(
         project,
         Attempt(
@@ -242,17 +247,7 @@ def kubernetes_release(project: Project, bento: Bento, image: str, push_image) -
             url=f"kubernetes {kube.namespace}/{kube.workload}",
         ),
     )
-    finish(
-        project,
-        Attempt(
-            at=release.started_at,
-            release=release,
-            outcome="promoted",
-            previous=current.bento if current else None,
-        ),
-    )
-    push_serving_info(project, release)
-    return release
+    return promoted(project, release, current, "promote")
 
 
 def attempt_failed(

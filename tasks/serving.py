@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -55,13 +56,27 @@ def capture_env(project: Project) -> dict[str, str]:
     }
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_env(project: Project) -> dict[str, str]:
+    """Math-library threads per server: more threads than cores only queue (config)."""
+    threads = str(project.config.serving.threads)
+    return {name: threads for name in THREAD_VARIABLES}
+
+
 def start_server(project: Project, bento: str, port: int) -> Server:
     """Start `bentoml serve` for one bento on one loopback port; returns once it is ready."""
     home = slot_home(project, port)
     log = project.state_dir / "logs" / f"bento-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = tool_env(
-        {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **capture_env(project)}
+        {
+            "BENTOML_HOME": str(home),
+            "BENTOML_DO_NOT_TRACK": "true",
+            **thread_env(project),
+            **capture_env(project),
+        }
     )
     with log.open("wb") as out:  # one log per start: old failures must not count
         process = subprocess.Popen(
@@ -150,8 +165,14 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
     if stack.supervisor_pid(project) is None:
         raise CommandError("the stack is not running; start it with `driftloop up`")
     port = slot_port(project, slot)
+    wait_port_free(port, PORT_FREE_SECONDS)  # an old server's workers must not answer for it
     home = slot_home(project, port)
-    env = {"BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **capture_env(project)}
+    env = {
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        **thread_env(project),
+        **capture_env(project),
+    }
     command = [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -173,6 +194,25 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
         f"bento {bento} in slot {slot} not ready after "
         f"{project.config.serving.ready_timeout_seconds:.0f} s; see {log}"
     )
+
+
+PORT_FREE_SECONDS = 20.0
+
+
+def wait_port_free(port: int, seconds: float) -> None:
+    """Until nothing listens on 127.0.0.1:`port`; a stopped server's workers may linger."""
+    deadline = time.monotonic() + seconds
+    while True:
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        if time.monotonic() >= deadline:
+            raise CommandError(
+                f"port {port} is still in use {seconds:.0f} s after its slot stopped; "
+                f"find the process with `ss -ltnp 'sport = :{port}'` and stop it"
+            )
+        time.sleep(0.2)
 
 
 def stop_slot(project: Project, slot: str) -> None:

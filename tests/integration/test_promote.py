@@ -263,21 +263,9 @@ def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server,
     before = read_serving(project)
     tried = len(attempts(project))
     archives = set((project.state_dir / "releases").glob("*"))
-    code = (
-        "from flows.promote import promote; "
-        f"promote(candidate={before.model_tag!r}, approver='carol', config={str(project.path)!r})"
-    )
-    env = {**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
     load = traffic(project, tmp_path)
     try:
-        flow = subprocess.Popen(
-            [sys.executable, "-c", code],
-            cwd=project.root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        flow = promote_process(project, before.model_tag, "carol")
         assert wait_for_child(flow.pid, "build", 120), "bentoml build never started"
         os.killpg(flow.pid, signal.SIGKILL)  # the flow and its build, mid-way
         flow.wait(10)
@@ -289,6 +277,24 @@ def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server,
     assert answered_by(project) == before.bento
     assert len(attempts(project)) == tried, "a killed build was recorded as a release"
     assert set((project.state_dir / "releases").glob("*")) == archives
+
+
+def promote_process(project, candidate: str, approver: str) -> subprocess.Popen:
+    """The promote flow in a process of its own (its own group, so it can be killed whole),
+    reporting to the test's Prefect server; its log comes back on stdout."""
+    code = (
+        "from flows.promote import promote; "
+        f"promote(candidate={candidate!r}, approver={approver!r}, config={str(project.path)!r})"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-u", "-c", code],
+        cwd=project.root,
+        env={**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_child(pid: int, word: str, seconds: float) -> bool:
@@ -327,22 +333,9 @@ def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
     slack = FakeSlack().start()
     monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
     monkeypatch.setenv("SLACK_API_URL", slack.url)
-    code = (
-        "from flows.promote import promote; "
-        f"promote(candidate={before.model_tag!r}, approver='dave', config={str(project.path)!r})"
-    )
-    env = {**tool_env(), "PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
     load = traffic(project, tmp_path)
     try:
-        flow = subprocess.Popen(
-            [sys.executable, "-u", "-c", code],
-            cwd=project.root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        flow = promote_process(project, before.model_tag, "dave")
         run_id = read_until_marker(flow, MARKERS[step], 180)
         slot_conf = project.state_dir / "stack" / "slots" / f"{idle_slot(before)}.conf"
         deadline = time.monotonic() + 30
