@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
+import httpx
 from prefect import get_client, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.filters import (
@@ -41,6 +42,7 @@ from prefect.client.schemas.objects import FlowRunInput, StateType
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.input import RunInput
+from prefect.input.actions import read_flow_run_input
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field
 
@@ -791,6 +793,102 @@ def _sync(coro_fn, *args):
     return asyncio.run(go())
 
 
+# A refused, reset or timed-out connection: the Prefect server is away (restarting, say).
+SERVER_AWAY = (httpx.TransportError,)
+
+
+def _await_server(error: Exception, until: datetime, every: float = 0.5) -> None:
+    """Block until the Prefect API answers its health check; re-raise `error` if it still does
+    not at `until` (the request's expiry: nothing could be decided after it anyway)."""
+    began = time.monotonic()
+    log.warning(
+        "Prefect server unreachable while awaiting approval (%s: %s); waiting for it until %s",
+        type(error).__name__,
+        error,
+        _iso(until),
+    )
+    while _now() < until:
+        with get_client(sync_client=True) as client:  # a new client fails fast while refused
+            if client.api_healthcheck() is None:
+                log.warning(
+                    "Prefect server reachable again after %.1f s; still awaiting approval",
+                    time.monotonic() - began,
+                )
+                return
+        time.sleep(every)
+    log.error(
+        "Prefect server unreachable for %.1f s, until the approval request expired",
+        time.monotonic() - began,
+    )
+    raise error
+
+
+def _pause_for_input(
+    run_id: UUID, form: type[ApprovalInput], until: datetime, poll: float
+) -> ApprovalInput:
+    """`pause_flow_run` for `form` until `until`, riding out Prefect server restarts.
+
+    The pause polls the server, and when its client's retries ran out during a restart (or
+    across several) the error ended the paused run Failed, so the request could no longer be
+    decided. Here the wait outlives the server: once it answers again, the run's state says
+    whether it is still paused (wait on), was resumed meanwhile (load the input) or never got
+    to pause (pause again).
+    """
+    from prefect.flow_runs import pause_flow_run
+
+    while True:
+        key = uuid4().hex  # never reuse a pause key: a retried run must not replay input
+        try:
+            return pause_flow_run(
+                wait_for_input=form,
+                timeout=max(1, math.ceil((until - _now()).total_seconds())),
+                poll_interval=poll,
+                key=key,
+            )
+        except SERVER_AWAY as exc:
+            _await_server(exc, until)
+        answer = _wait_on_pause(run_id, form, key, until, poll)
+        if answer is not None:
+            return answer
+
+
+def _wait_on_pause(
+    run_id: UUID, form: type[ApprovalInput], key: str, until: datetime, poll: float
+) -> ApprovalInput | None:
+    """After an outage: poll while the run is in pause `key`, then load its input.
+
+    None when the pause never began (the server went away before it took the state).
+    """
+    from prefect.input.run_input import keyset_from_base_key
+
+    keyset = keyset_from_base_key(f"paused-{key}")
+    form_checked = False
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(run_id)
+            state = run.state
+            if key not in (run.empirical_policy.pause_keys or set()):
+                return None
+            if state is not None and state.is_running():
+                log.info("run %s was resumed while the Prefect server was away", run_id)
+                return form.load(keyset)
+            if state is None or not state.is_paused():
+                name = state.name if state else "no state"
+                if state is not None and state.is_failed():  # the server expired the pause
+                    raise FlowPauseTimeout(f"Flow run was paused and never resumed ({name}).")
+                raise RuntimeError(f"run {run_id} left its approval pause for {name}")
+            if not form_checked:  # the outage may have cut the pause off before its form
+                if read_flow_run_input(keyset["schema"], run_id) is None:
+                    form.save(keyset, run_id)
+                form_checked = True
+            if _now() >= until:
+                raise FlowPauseTimeout("Flow run was paused and never resumed.")
+            time.sleep(poll)
+        except SERVER_AWAY as exc:
+            _await_server(exc, until)
+
+
 def await_decision(
     project: Project,
     evidence: Evidence,
@@ -806,7 +904,6 @@ def await_decision(
     answered in the card's thread, and the run pauses again for the time that is left.
     """
     from prefect.context import FlowRunContext
-    from prefect.flow_runs import pause_flow_run
     from prefect.states import Running
 
     context = FlowRunContext.get()
@@ -858,12 +955,7 @@ def await_decision(
         if remaining <= 0:
             break
         try:
-            answer = pause_flow_run(
-                wait_for_input=form,
-                timeout=max(1, math.ceil(remaining)),
-                poll_interval=poll,
-                key=uuid4().hex,  # never reuse a pause key: a retried run must not replay input
-            )
+            answer = _pause_for_input(run_id, form, request.expires_at, poll)
         except FlowPauseTimeout:
             # take the run back from Paused, or the server fails it for never resuming
             with get_client(sync_client=True) as client:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -74,8 +75,18 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    """A server of this test alone, with the Prefect settings of this process pointing at it."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    """A server of this test alone, with the Prefect settings of this process pointing at it.
+
+    The client's own retries are off in this process: with them a poll rides out a short outage
+    by itself and fails only when its back-off happens to span several restarts, so the waiting
+    flow met the outage at random; without them it meets every one of the 20.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_CLIENT_MAX_RETRIES,
+        PREFECT_HOME,
+        temporary_settings,
+    )
 
     home = tmp_path / "prefect-home"
     home.mkdir()
@@ -84,7 +95,13 @@ def server(tmp_path):
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
     os.environ.update({"PREFECT_API_URL": f"{own.url}/api", "PREFECT_HOME": str(home)})
     try:
-        with temporary_settings(updates={PREFECT_API_URL: f"{own.url}/api", PREFECT_HOME: home}):
+        with temporary_settings(
+            updates={
+                PREFECT_API_URL: f"{own.url}/api",
+                PREFECT_HOME: home,
+                PREFECT_CLIENT_MAX_RETRIES: 0,
+            }
+        ):
             yield own
     finally:
         own.stop()
@@ -95,15 +112,10 @@ def server(tmp_path):
                 os.environ[key] = value
 
 
-@pytest.mark.xfail(
-    reason="known bug: the waiting flow's pause poll raises ConnectError while the server is "
-    "down and the run ends Failed; await_decision must ride out a server restart",
-    strict=False,
-)
 def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, project):
     from prefect import get_client
 
-    from tasks.approval import pending_requests, submit_decision
+    from tasks.approval import pending_requests, read_audit, submit_decision
     from tests.fakes.approval_stub import StubRun
 
     run = StubRun(project, candidate="bikeshare:restarts", timeout=900, poll=0.5).start()
@@ -124,5 +136,74 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
         with get_client(sync_client=True) as client:
             assert client.read_flow_run(run.run_id).state.is_completed()
         assert pending_requests(project) == []
+        decided = [
+            (e.decision, e.approver, e.channel)
+            for e in read_audit(project, run.run_id)
+            if e.event == "decision"
+        ]
+        assert decided == [("approve", "alice", "cli")]
+    finally:
+        run.close()
+
+
+def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
+    server, slack, project, monkeypatch
+):
+    """The run is resumed before the flow looks again: it loads the input it was resumed with."""
+    import tasks.approval as approval
+    from tests.fakes.approval_stub import StubRun
+
+    back = threading.Event()
+    ride_out = approval._await_server
+
+    def slow_to_look_again(error, until, every=0.5):
+        ride_out(error, until, every)
+        back.set()
+        time.sleep(8)  # the decision below lands in here
+
+    monkeypatch.setattr(approval, "_await_server", slow_to_look_again)
+    run = StubRun(project, candidate="bikeshare:away", timeout=300, poll=0.5).start()
+    try:
+        server.stop()
+        server.start()
+        assert back.wait(30), "the waiting flow did not notice the restart"
+        result = approval.submit_decision(project, run.run_id, "reject", "alice", "cli", "no")
+        assert result.status == "recorded", result.message
+        outcome = run.result(timeout=60)
+        assert (outcome["outcome"], outcome["comment"]) == ("reject", "no")
+    finally:
+        run.close()
+
+
+def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch):
+    """The pause never reaches the server: the flow pauses again once it is back."""
+    import prefect.flow_runs
+
+    from tasks.approval import submit_decision
+    from tests.fakes.approval_stub import StubRun
+
+    pause = prefect.flow_runs.pause_flow_run
+    keys: list[str] = []
+    restart = threading.Thread(target=lambda: (time.sleep(3), server.start()))
+
+    def pause_as_the_server_goes(*args, **kwargs):
+        keys.append(kwargs["key"])
+        if len(keys) == 1:
+            server.stop()
+            restart.start()
+        return pause(*args, **kwargs)
+
+    monkeypatch.setattr(prefect.flow_runs, "pause_flow_run", pause_as_the_server_goes)
+    run = StubRun(project, candidate="bikeshare:gone", timeout=300, poll=0.5).start(wait=False)
+    try:
+        end = time.monotonic() + 60
+        while restart.ident is None and time.monotonic() < end:  # not started yet
+            time.sleep(0.1)
+        restart.join(150)  # the server is up again
+        run.request = run.wait_pending(60)
+        assert len(set(keys)) == 2, keys  # the first pause failed, the second one waits
+        result = submit_decision(project, run.run_id, "approve", "alice", "cli")
+        assert result.status == "recorded", result.message
+        assert run.result(timeout=60)["outcome"] == "approve"
     finally:
         run.close()
