@@ -206,4 +206,6 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
         assert result.status == "recorded", result.message
         assert run.result(timeout=60)["outcome"] == "approve"
     finally:
+        if restart.ident is not None:
+            restart.join(150)  # so the fixture stops the server this thread started
         run.close()
