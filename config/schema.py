@@ -115,7 +115,9 @@ class ServingConfig(Section):
     max_error_ratio: float = Field(
         0.01, ge=0, le=1, description="5xx share above which serving alerts / rolls back."
     )
-    max_p95_latency_seconds: float = Field(0.5, gt=0)
+    max_p95_latency_seconds: float = Field(
+        1.0, gt=0, description="p95 above this alerts, and fails a roll-forward's watch."
+    )
     threads: int = Field(
         1, ge=1, le=256, description="Math-library (OpenMP/BLAS) threads per bento server."
     )

@@ -86,7 +86,7 @@ def test_default_thresholds_are_the_configs(project):
     assert f"> {2 * cfg.monitor.interval_seconds}" in expr_of(project, "DriftloopMonitorStale")
     assert expr_of(project, "DriftloopServingErrors").endswith(f"> {cfg.serving.max_error_ratio}")
     assert expr_of(project, "DriftloopServingLatency").endswith(
-        f"> {cfg.serving.max_p95_latency_seconds}"
+        f"> {cfg.serving.max_p95_latency_seconds:g}"
     )
 
 
