@@ -79,11 +79,14 @@ class Predictor:
         records: list[dict[str, Any]],
         ids: list[str] | None = None,
         timestamps: list[str] | None = None,
+        probe: bool = False,
     ) -> dict[str, Any]:
         """Predictions for a batch of feature records, with the model that made them.
 
         `ids` (the caller's inference ids) and `timestamps` (event times, for replays) are
-        optional and must match `records` in length; ids are minted when absent.
+        optional and must match `records` in length; ids are minted when absent. `probe`
+        marks a health check (a roll-forward's smoke test and watch): answered, never captured,
+        so it cannot pass for production traffic in the monitor's windows.
         """
         try:
             validate_records(records, self.schema, ARGS.max_batch)
@@ -105,7 +108,7 @@ class Predictor:
             probabilities = self.pipeline.predict_proba(features).round(6).tolist()
             answer["probabilities"] = probabilities
             answer["classes"] = self.schema.classes
-        if self.capture is not None and self.capture.sampled():
+        if self.capture is not None and not probe and self.capture.sampled():
             self._record(features, predictions, probabilities, ids, times)
         return answer
 

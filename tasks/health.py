@@ -53,7 +53,8 @@ def offline_sample(project: Project, model_tag: str) -> SmokeSample:
 
 
 def predict(url: str, records: list[dict], timeout: float = 10) -> dict:
-    response = httpx.post(f"{url}/predict", json={"records": records}, timeout=timeout)
+    body = {"records": records, "probe": True}  # answered like any request, never captured
+    response = httpx.post(f"{url}/predict", json=body, timeout=timeout)
     if response.status_code != 200:
         raise HealthError(f"{url}/predict answered {response.status_code}: {response.text[:200]}")
     return response.json()

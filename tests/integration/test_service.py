@@ -98,6 +98,8 @@ def test_predictions_and_labels_are_captured(served):
     assert answer["ids"] == ids
     minted = httpx.post(f"{server.url}/predict", json={"records": sample.records[:2]}).json()["ids"]
     assert len(set(minted)) == 2 and not set(minted) & set(ids)
+    probe = {"records": sample.records[:1], "ids": ["probe-1"], "timestamps": stamps[:1]}
+    assert httpx.post(f"{server.url}/predict", json={**probe, "probe": True}).status_code == 200
     labels = [
         {"inference_id": i, "label": float(t)}
         for i, t in zip(ids[:4], sample.targets[:4], strict=True)
@@ -111,6 +113,7 @@ def test_predictions_and_labels_are_captured(served):
     ):
         assert time.monotonic() < deadline, "capture not flushed within 10 s"
         time.sleep(0.2)
+    assert "probe-1" not in set(window.frame["inference_id"])  # health checks are not traffic
     frame = window.frame.set_index("inference_id").loc[ids]
     assert frame["prediction"].tolist() == pytest.approx(answer["predictions"])
     assert frame["bento"].unique().tolist() == [bento.tag]
