@@ -47,16 +47,3 @@ def judge_candidate(project: Project, champion_tag: str, holdout) -> GateResult:
     champion = bentoml.sklearn.load_model(champion_tag)
     candidate = joblib.load(project.resolve(artifacts.MODEL_FILE))
     return gate(project, champion, candidate, holdout)
-
-
-@task(name="proposed_candidate", cache_policy=NO_CACHE)
-def proposed_candidate(project: Project, serving: Release):
-    """A candidate a person trained by hand (`dvc repro`): the workspace model, its recorded
-    data rev, and the recent window's held-out part for the gate."""
-    from model.lineage import dvc_recorded_md5
-
-    _, info = build_training_set(project, serving)
-    if not project.resolve(artifacts.MODEL_FILE).is_file():
-        raise RuntimeError("no trained model in the workspace: run `dvc repro` first")
-    data_rev = dvc_recorded_md5(project.data_path) or ""
-    return info.__class__(**{**info.__dict__, "data_rev": data_rev}), register_model(project)
