@@ -44,6 +44,6 @@ def test_demo_tells_the_whole_story(tmp_path):
     )
     assert new < old
     # lineage names the retrain run and the approver; the stack is gone
-    assert "approver ci-approver" in re.sub(r"[│┃ ]+", " ", out)
+    assert "approved by ci-approver at " in re.sub(r"[│┃ ]+", " ", out)
     assert "stack stopped" in flat
     assert not supervisor_running(root)
