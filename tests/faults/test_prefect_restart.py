@@ -116,9 +116,8 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
     from prefect import get_client
 
     from tasks.approval import pending_requests, read_audit, submit_decision
-    from tests.fakes.approval_stub import StubRun
 
-    run = StubRun(project, candidate="bikeshare:restarts", timeout=900, poll=0.5).start()
+    run = start_stub(project, "bikeshare:restarts", timeout=900)
     try:
         for cycle in range(RESTARTS):
             server.stop()
@@ -146,12 +145,26 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
         run.close()
 
 
+def start_stub(project, candidate: str, timeout: float = 300):
+    """A stub run waiting for approval; tried again when the server answered 503 (SQLite busy)
+    while the run was created, which the client retries turned off in this module would absorb."""
+    from tests.fakes.approval_stub import StubRun
+
+    for attempt in range(3):
+        run = StubRun(project, candidate=f"{candidate}-{attempt}", timeout=timeout, poll=0.5)
+        try:
+            return run.start()
+        except AssertionError as exc:
+            if "503" not in str(exc) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
     server, slack, project, monkeypatch
 ):
     """The run is resumed before the flow looks again: it loads the input it was resumed with."""
     import tasks.approval as approval
-    from tests.fakes.approval_stub import StubRun
 
     back = threading.Event()
     ride_out = approval._await_server
@@ -162,7 +175,7 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
         time.sleep(8)  # the decision below lands in here
 
     monkeypatch.setattr(approval, "_await_server", slow_to_look_again)
-    run = StubRun(project, candidate="bikeshare:away", timeout=300, poll=0.5).start()
+    run = start_stub(project, "bikeshare:away")
     try:
         server.stop()
         server.start()
