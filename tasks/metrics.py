@@ -7,6 +7,7 @@ cannot publish, the stamp ages and the stale-monitor alert fires.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -114,7 +115,6 @@ def publish_metrics(project: Project, m: MonitorMetrics) -> None:
 def push_serving_info(project: Project, release) -> bool:
     """`driftloop_serving_info{...} 1` and the release time for what serves now; a down
     Pushgateway is logged, never a reason to undo a release (the record is the file)."""
-    import logging
 
     registry = CollectorRegistry()
     labels = release.labels
@@ -137,18 +137,12 @@ def push_serving_info(project: Project, release) -> bool:
         ("bento",),
         registry=registry,
     ).labels(release.bento).set(time.time())
-    try:
-        push(project, SERVING_JOB, registry, replace=True)
-    except PublishError as exc:
-        logging.getLogger("driftloop.metrics").warning("serving info not published: %s", exc)
-        return False
-    return True
+    return push_quietly(project, SERVING_JOB, registry, "serving info")
 
 
 def push_rollout_counts(project: Project, counts: dict[str, int]) -> bool:
     """`driftloop_rollouts_total{outcome}`, recounted from the release log on every attempt, so
     a Pushgateway that was down loses nothing."""
-    import logging
 
     registry = CollectorRegistry()
     total = Counter(
@@ -156,9 +150,15 @@ def push_rollout_counts(project: Project, counts: dict[str, int]) -> bool:
     )
     for outcome in ("promoted", "rolled_back", "failed"):
         total.labels(outcome).inc(counts.get(outcome, 0))
+    return push_quietly(project, ROLLOUTS_JOB, registry, "rollout counts")
+
+
+def push_quietly(project: Project, job: str, registry: CollectorRegistry, what: str) -> bool:
+    """Push, logging a down Pushgateway instead of raising: these records live in files, and
+    the next push carries them again."""
     try:
-        push(project, ROLLOUTS_JOB, registry, replace=True)
+        push(project, job, registry, replace=True)
     except PublishError as exc:
-        logging.getLogger("driftloop.metrics").warning("rollout counts not published: %s", exc)
+        logging.getLogger("driftloop.metrics").warning("%s not published: %s", what, exc)
         return False
     return True
