@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +13,8 @@ from rich.table import Table
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.check_cmd import check
 from driftloop.console import ConfigOption, console, failures, project
+from driftloop.release_cmd import promote as promote_candidate
+from driftloop.release_cmd import release, serve
 from driftloop.slack_app import slack
 
 app = typer.Typer(
@@ -82,41 +83,6 @@ def build(config: ConfigOption = None) -> None:
         console.print(f"  {key} = {value}")
 
 
-@app.command("serve")
-def serve(
-    bento: Annotated[str, typer.Argument(help="Exact bento tag NAME:VERSION.")],
-    port: Annotated[int | None, typer.Option(help="Port (default: first serving slot).")] = None,
-    config: ConfigOption = None,
-) -> None:
-    """Serve a bento in the foreground until Ctrl-C, recorded as what is serving."""
-    from tasks.package import bento_info
-    from tasks.releases import Release, clear_serving, record_serving
-    from tasks.serving import start_server, stop_server
-
-    proj = project(config)
-    port = port or proj.config.serving.slot_ports[0]
-    with failures():
-        labels = bento_info(proj, bento).get("labels", {})
-        server = start_server(proj, bento, port)
-    record_serving(
-        proj,
-        Release(bento=bento, model_tag=labels.get("model_tag", "?"), url=server.url, labels=labels),
-    )
-    console.print(f"serving {bento} at {server.url} (Ctrl-C stops)")
-    signal.signal(signal.SIGTERM, _interrupt)  # stop the server on SIGTERM too, never orphan it
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stop_server(server)
-        clear_serving(proj)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 @app.command("lineage")
 def lineage(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -169,13 +135,17 @@ def render_lineage(release) -> None:
 
 @app.command("rollback")
 def rollback(config: ConfigOption = None) -> None:
-    """Return to the release that served before this one, through the same checks as a
-    roll-forward (ready, smoke test, switch, watch); on failure the current one keeps serving."""
+    """Return to the release that served before this one, through the same checks.
+
+    Ready, smoke test, switch, watch, as a roll-forward; on failure the current one keeps
+    serving. Recorded as a rollback by your OS user."""
+    import getpass
+
     from tasks.rollout import rollback as roll_back
 
     proj = project(config)
     with failures(), console.status("rolling back ...") as status:
-        release = roll_back(proj, progress=status.update)
+        release = roll_back(proj, released_by=getpass.getuser(), progress=status.update)
     console.print(f"[bold]{release.bento}[/] serving again (model {release.model_tag})")
 
 
@@ -231,8 +201,10 @@ def replay(
     max_seconds: Annotated[float, typer.Option(help="Stop after this much wall time.")] = 600,
     config: ConfigOption = None,
 ) -> None:
-    """Send rows through the real HTTP endpoint in event-time order, labels following later."""
-    from datetime import UTC, datetime, timedelta
+    """Send rows through the real HTTP endpoint in event-time order, labels following later.
+
+    Rows without a timestamp column are stamped with the time they are sent."""
+    from datetime import timedelta
 
     from tasks.traffic import load_traffic
     from tasks.traffic import replay as send
@@ -245,9 +217,7 @@ def replay(
     if not sample.records:
         console.print("no rows to replay (check --query)")
         raise typer.Exit(2)
-    times = sample.times or [
-        datetime.now(UTC) + timedelta(seconds=i) for i in range(len(sample.records))
-    ]
+    times = sample.times  # None: stamped as they are sent, so the replay ends at now
     delay = None if label_delay_hours is None else timedelta(hours=label_delay_hours)
     if delay is not None and not sample.targets:
         console.print("no target column in the file: labels cannot follow")
@@ -266,12 +236,20 @@ def replay(
             ),
         )
     console.print(f"sent {stats.sent} rows, {stats.failed} failed, {stats.labelled} labels posted")
+    if stats.labels_not_due:
+        console.print(
+            f"{stats.labels_not_due} labels were not yet due when the replay ended "
+            "(--label-delay-hours 0 posts each label right after its prediction)"
+        )
     for error in stats.errors[:5]:
         console.print(f"  [red]{error}[/]")
     if stats.failed:
         raise typer.Exit(1)
 
 
+app.command("release")(release)
+app.command("promote")(promote_candidate)
+app.command("serve")(serve)
 app.command("check")(check)
 app.command("approve")(approve)
 app.command("reject")(reject)
@@ -408,8 +386,9 @@ def demo(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Run the whole loop on the bundled bike-sharing data; waits for a real approval unless
-    --approve-as is given."""
+    """Run the whole loop on the bundled bike-sharing data.
+
+    Waits for a real approval unless --approve-as is given."""
     from driftloop.demo import run_demo
 
     proj = project(config)

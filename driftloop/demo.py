@@ -44,6 +44,8 @@ def step(text: str) -> None:
 def run_demo(
     project: Project, keep: bool = False, approve_as: str | None = None
 ) -> list[WindowRow]:
+    from getpass import getuser
+
     from tasks import stack
     from tasks.data import ensure_data
     from tasks.package import build_bento, register_model
@@ -74,7 +76,7 @@ def run_demo(
         step("3. bentoml build (exact model tag, lineage labels) and serve behind nginx")
         with console.status("bentoml build and serve ..."):
             bento = build_bento(project, register_model(project))
-            release = go_live(project, bento)
+            release = go_live(project, bento, action="release", released_by=getuser())
         console.print(f"{bento.tag} serving at {release.url} from slot {release.slot}")
 
         step("4. spring arrives: months replayed through the endpoint, the monitor after each")

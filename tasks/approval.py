@@ -778,6 +778,21 @@ def pending_requests(project: Project) -> list[PendingRequest]:
 # ---------------------------------------------------------------- the flow side
 
 
+def recorded_decision(
+    project: Project, run_id: str
+) -> tuple[ApprovalRequest | None, Decision | None]:
+    """The request stored with a retrain run and the decision recorded for it, as the run's
+    own inputs hold them (None where there is none)."""
+
+    async def read(client, run: UUID):
+        request = await _latest_request(client, run)
+        if request is None:
+            return None, None
+        return request, await _read_decision(client, run, request.evidence_hash)
+
+    return _sync(read, UUID(run_id))
+
+
 def _write_input(run_id: UUID, key: str, value: BaseModel) -> None:
     with get_client(sync_client=True) as client:
         client.create_flow_run_input(flow_run_id=run_id, key=key, value=value.model_dump_json())

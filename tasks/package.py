@@ -62,15 +62,14 @@ def release_version(model_tag: str) -> str:
 def build_bento(
     project: Project, model_tag: str, extra_labels: dict[str, str] | None = None
 ) -> Bento:
-    """`bentoml build` with lineage labels and the exact model tag as a build argument."""
-    meta = read_model_meta(project)
-    lineage = meta["lineage"]
+    """`bentoml build` with lineage labels and the exact model tag as a build argument.
+
+    The lineage comes from the stored model itself, not from whatever `dvc repro` left in
+    artifacts/, so a candidate promoted later still carries its own data rev and commit."""
+    stored = model_labels(project, model_tag)
     labels = {
         "model_tag": model_tag,
-        "data_rev": lineage["data_rev"],
-        "git_commit": lineage["git_commit"],
-        "git_dirty": str(lineage["git_dirty"]).lower(),
-        "params_hash": lineage["params_hash"],
+        **{key: stored.get(key, "") for key in LINEAGE_KEYS},
         **(extra_labels or {}),
     }
     args = [
@@ -101,6 +100,20 @@ def build_bento(
     if not match:
         raise CommandError(f"`bentoml build` printed no tag:\n{out[-500:]}")
     return Bento(tag=match.group(1), model_tag=model_tag, labels=labels)
+
+
+LINEAGE_KEYS = ("data_rev", "git_commit", "git_dirty", "params_hash")
+
+
+def model_labels(project: Project, model_tag: str) -> dict[str, str]:
+    """The labels `model.register` stored with the model: its data rev, commit and params."""
+    out = run(
+        [bin_path("bentoml"), "models", "get", model_tag, "-o", "json"],
+        project.root,
+        env=bentoml_env(project),
+        hint=f"is {model_tag} in the store? `bentoml models list`",
+    )
+    return {str(k): str(v) for k, v in (json.loads(out).get("labels") or {}).items()}
 
 
 def bento_info(project: Project, tag: str) -> dict:

@@ -26,6 +26,8 @@ class Release(BaseModel):
     labels: dict[str, str]
     started_at: str = ""
     slot: str | None = None  # blue | green behind the stack's nginx; None when served alone
+    how: Literal["promote", "rollback", "release"] = "promote"  # release: put in by hand
+    released_by: str = ""  # the OS user who ran `driftloop release` (or `rollback`)
 
 
 def serving_file(project: Project):
@@ -66,7 +68,7 @@ class Attempt(BaseModel):
     at: str
     release: Release
     outcome: Outcome
-    action: Literal["promote", "rollback"] = "promote"
+    action: Literal["promote", "rollback", "release"] = "promote"
     stage: str = ""  # the step that failed: build, start, smoke, switch, watch
     reason: str = ""
     previous: str | None = None  # the bento serving before the attempt

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from config.loader import Project
 from tasks.commands import CommandError
@@ -59,10 +60,14 @@ def go_live(
     project: Project,
     bento: Bento,
     *,
-    action: str = "promote",
+    action: Literal["promote", "rollback", "release"] = "promote",
+    released_by: str = "",
     progress: Progress = lambda _: None,
 ) -> Release:
-    """Serve `bento` through nginx; on any failure the previous release keeps serving."""
+    """Serve `bento` through nginx; on any failure the previous release keeps serving.
+
+    `action` says how it came (an approved promotion, a rollback, a release by hand) and
+    `released_by` who ran it by hand; both go to serving.json, the release log and lineage."""
     reconcile(project)  # an earlier attempt that died half-way is undone first
     current = read_serving(project)
     slot = idle_slot(current)
@@ -72,6 +77,8 @@ def go_live(
         labels=bento.labels,
         slot=slot,
         url=client_url(project),
+        how=action,
+        released_by=released_by,
     )
     stage, switched = "smoke sample", False
     try:
@@ -111,7 +118,12 @@ def go_live(
     return promoted(project, release, current, action)
 
 
-def promoted(project: Project, release: Release, current: Release | None, action: str) -> Release:
+def promoted(
+    project: Project,
+    release: Release,
+    current: Release | None,
+    action: Literal["promote", "rollback", "release"],
+) -> Release:
     """Log the attempt as promoted and export what serves now."""
     finish(
         project,
@@ -205,15 +217,21 @@ def finish(project: Project, attempt: Attempt) -> None:
 
 
 def put_into_service(
-    project: Project, bento: Bento, progress: Progress = lambda _: None
+    project: Project,
+    bento: Bento,
+    progress: Progress = lambda _: None,
+    *,
+    action: Literal["promote", "release"] = "promote",
+    released_by: str = "",
 ) -> Release:
     """The release on the configured backend: local slots (with an OCI image for
     `containerize`), or a Kubernetes rollout that is undone when it stalls or fails analysis.
 
     Raises RolloutFailed, with the attempt logged, whatever the backend."""
     backend = project.config.serving.backend
+    how = {"action": action, "released_by": released_by, "progress": progress}
     if backend == "local":
-        return go_live(project, bento, progress=progress)
+        return go_live(project, bento, **how)
     from tasks.image import build_image, push_image
 
     try:
@@ -222,11 +240,18 @@ def put_into_service(
         raise RolloutFailed(attempt_failed(project, bento, "image", exc), str(exc)) from None
     bento = Bento(tag=bento.tag, model_tag=bento.model_tag, labels={**bento.labels, "image": image})
     if backend == "containerize":
-        return go_live(project, bento, progress=progress)
-    return kubernetes_release(project, bento, image, push_image)
+        return go_live(project, bento, **how)
+    return kubernetes_release(project, bento, image, push_image, action, released_by)
 
 
-def kubernetes_release(project: Project, bento: Bento, image: str, push_image) -> Release:
+def kubernetes_release(
+    project: Project,
+    bento: Bento,
+    image: str,
+    push_image,
+    action: Literal["promote", "release"] = "promote",
+    released_by: str = "",
+) -> Release:
     from tasks.k8s_release import release_to_kubernetes
 
     current = read_serving(project)
@@ -245,9 +270,11 @@ def kubernetes_release(project: Project, bento: Bento, image: str, push_image) -
             model_tag=bento.model_tag,
             labels=bento.labels,
             url=f"kubernetes {kube.namespace}/{kube.workload}",
+            how=action,
+            released_by=released_by,
         ),
     )
-    return promoted(project, release, current, "promote")
+    return promoted(project, release, current, action)
 
 
 def attempt_failed(
@@ -279,7 +306,9 @@ def attempt_failed(
     return attempt
 
 
-def rollback(project: Project, progress: Progress = lambda _: None) -> Release:
+def rollback(
+    project: Project, released_by: str = "", progress: Progress = lambda _: None
+) -> Release:
     """Return to the release that served before this one, through the same checks."""
     target = previous_release(project)
     if target is None:
@@ -287,4 +316,4 @@ def rollback(project: Project, progress: Progress = lambda _: None) -> Release:
             "there is no earlier release to return to; `driftloop lineage` shows what serves"
         )
     bento = Bento(tag=target.bento, model_tag=target.model_tag, labels=target.labels)
-    return go_live(project, bento, action="rollback", progress=progress)
+    return go_live(project, bento, action="rollback", released_by=released_by, progress=progress)

@@ -65,8 +65,11 @@ def thread_env(project: Project) -> dict[str, str]:
     return {name: threads for name in THREAD_VARIABLES}
 
 
-def start_server(project: Project, bento: str, port: int) -> Server:
-    """Start `bentoml serve` for one bento on one loopback port; returns once it is ready."""
+def start_server(project: Project, bento: str, port: int, capture: bool = True) -> Server:
+    """Start `bentoml serve` for one bento on one loopback port; returns once it is ready.
+
+    Without `capture` its traffic is never recorded: a development server must not feed the
+    monitor's windows."""
     home = slot_home(project, port)
     log = project.state_dir / "logs" / f"bento-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,7 @@ def start_server(project: Project, bento: str, port: int) -> Server:
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
             **thread_env(project),
-            **capture_env(project),
+            **(capture_env(project) if capture else {CAPTURE_DIR_ENV: ""}),
         }
     )
     with log.open("wb") as out:  # one log per start: old failures must not count

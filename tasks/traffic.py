@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,7 @@ class ReplayStats:
     sent: int = 0
     failed: int = 0
     labelled: int = 0
+    labels_not_due: int = 0  # labels whose event time had not come when the replay ended
     errors: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
@@ -91,7 +92,7 @@ class ReplayStats:
 def replay(
     url: str,
     sample: Sample,
-    times: list[datetime],
+    times: list[datetime] | None,
     *,
     speed: float,
     batch: int = 1,
@@ -102,9 +103,15 @@ def replay(
     """Send `sample` through the real endpoint in event-time order at `speed` x real time.
 
     Event times travel with the records (the service captures them), so a month replays in
-    minutes. Labels follow `label_delay` of event time later through /feedback. Bounded by
+    minutes. Rows without event times (`times` None) are live traffic: sent as fast as the
+    endpoint answers and stamped with the time they are sent, so a replay ends at now and
+    never in the future. Labels follow `label_delay` of event time later through /feedback;
+    those not yet due when the replay ends are counted in `labels_not_due`. Bounded by
     `max_seconds` of wall time; never raises on a failed request, it counts it.
     """
+    live = times is None
+    if times is None:
+        times = [datetime.now(UTC)] * len(sample.records)  # replaced as each batch is sent
     order = sorted(range(len(times)), key=times.__getitem__)
     t0, wall0 = times[order[0]], time.monotonic()
     pending: list[tuple[datetime, str, Any]] = []  # (due event time, id, label)
@@ -112,8 +119,13 @@ def replay(
     with httpx.Client(base_url=url, timeout=30) as client:
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
+            if live:  # one stamp per batch: labels due "now" are due for all of it
+                sent_at = datetime.now(UTC)
+                for i in idx:
+                    times[i] = sent_at
             now_event = times[idx[0]]
-            wait = (now_event - t0).total_seconds() / speed - (time.monotonic() - wall0)
+            wait = 0.0 if live else (now_event - t0).total_seconds() / speed
+            wait -= time.monotonic() - wall0
             if time.monotonic() - wall0 + max(wait, 0) > max_seconds:
                 break
             if wait > 0:
@@ -139,6 +151,7 @@ def replay(
                 pending = [p for p in pending if p[0] > now_event]
                 _post_labels(client, stats, due)
             on_batch(stats)
+    stats.labels_not_due = len(pending)
     return stats
 
 
