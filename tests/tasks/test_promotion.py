@@ -23,7 +23,7 @@ def test_rejected_run_is_refused_with_its_reason(stub, project):
     run = stub()
     submit_decision(project, run.run_id, "reject", "alice", "cli", "worse on weekends", run.hash)
     run.result()
-    with pytest.raises(PromotionRefused, match="rejected by alice via cli .*worse on weekends"):
+    with pytest.raises(PromotionRefused, match=r"rejected by alice via cli .*worse on weekends"):
         approved_candidate(project, run.run_id)
     refused = promote_cli(project, run.run_id)
     assert refused.exit_code == 2
@@ -34,7 +34,7 @@ def test_rejected_run_is_refused_with_its_reason(stub, project):
 def test_expired_run_is_refused(stub, project):
     run = stub(timeout=2)
     assert run.result()["outcome"] == "expired"
-    with pytest.raises(PromotionRefused, match="expired at .* with no decision"):
+    with pytest.raises(PromotionRefused, match=r"expired at .* with no decision"):
         approved_candidate(project, run.run_id)
 
 
