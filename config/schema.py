@@ -25,6 +25,17 @@ METRICS: dict[str, tuple[frozenset[str], bool]] = {
     "f1_macro": (frozenset({"multiclass"}), True),
     "log_loss": (frozenset({"binary", "multiclass"}), False),
 }
+# metric name -> (lowest, highest) value it can take; None: unbounded on that side
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "rmse": (0, None),
+    "mae": (0, None),
+    "r2": (None, 1),
+    "accuracy": (0, 1),
+    "f1": (0, 1),
+    "roc_auc": (0, 1),
+    "f1_macro": (0, 1),
+    "log_loss": (0, None),
+}
 DEFAULT_METRICS: dict[str, list[str]] = {
     "regression": ["rmse", "mae", "r2"],
     "binary": ["roc_auc", "accuracy", "f1", "log_loss"],
@@ -327,7 +338,26 @@ class DriftloopConfig(Section):
                 f"evaluate.primary: {self.evaluate.primary!r} is not among the metrics "
                 f"{self.metric_names}"
             )
+        self._limit_fits_primary()
         return self
+
+    def _limit_fits_primary(self) -> None:
+        """`monitor.quality_limit` is a value of the primary metric: a limit outside the
+        metric's range (say 60, from an rmse config, for roc_auc) could never be judged."""
+        limit, primary = self.monitor.quality_limit, self.primary_metric
+        if limit is None or primary not in METRIC_RANGES:
+            return
+        low, high = METRIC_RANGES[primary]
+        if (low is None or limit >= low) and (high is None or limit <= high):
+            return
+        higher = METRICS[primary][1]
+        better, falls = ("Higher", "falls below") if higher else ("Lower", "rises above")
+        raise ValueError(
+            f"monitor.quality_limit: {limit:g} is outside the range of {primary}, the primary "
+            f"metric (evaluate.primary); set a value {_range_text(low, high)}. {better} "
+            f"{primary} is better: the monitor alerts when {primary} on labelled traffic "
+            f"{falls} the limit"
+        )
 
     @property
     def metric_names(self) -> list[str]:
@@ -336,3 +366,9 @@ class DriftloopConfig(Section):
     @property
     def primary_metric(self) -> str:
         return self.evaluate.primary or self.metric_names[0]
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    if low is not None and high is not None:
+        return f"from {low:g} to {high:g}"
+    return f">= {low:g}" if low is not None else f"<= {high:g}"

@@ -22,6 +22,7 @@ from tasks.history import (
 )
 from tasks.metrics import MonitorMetrics, publish_metrics
 from tasks.notify import close_thread, current_thread, monitor_headline, monitor_notice, send_notice
+from tasks.package import read_model
 from tasks.releases import read_serving
 from tasks.reports import publish_artifacts, write_report
 from tasks.trigger import open_retrain, start_retrain
@@ -46,18 +47,22 @@ def monitor(
     start = start or end - timedelta(seconds=project.config.monitor.interval_seconds)
     window_text = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
 
-    # 1. reference: the training data of the serving model, at its data rev
+    # 1. reference: the training data of the serving model, at its data rev, and the model's
+    # classes and held-out metrics (stored with it at registration)
     serving = read_serving(project)
     if serving is None:
         raise NothingServing("no release is serving; roll one out first (`driftloop demo`)")
     labels = serving.labels
     reference = read_reference(project, labels["data_rev"], labels.get("git_commit"))
+    model = read_model(project, serving.model_tag)
 
     # 2. current: the captured window with the labels that have arrived
     window = read_current(project, start, end)
 
     # 3-4. validate and check (bad data is a named verdict inside the result)
-    result = check_window(reference, window.frame, project)
+    result = check_window(
+        reference, window.frame, project, classes=model.classes, held_out=model.held_out
+    )
     usable = result.bad_input is None
     breached = bool(result.quality and result.quality.limit_breached)
     wrong = not usable or result.dataset_drift or breached or result.verdict != "no_drift"
@@ -66,7 +71,9 @@ def monitor(
     # 6a. the report, only when something is wrong or asked for
     report_urls: list[str] = []
     if (wrong or report) and usable:
-        report_urls = write_report(project, reference.frame, window.frame, _report_name(project))
+        report_urls = write_report(
+            project, reference.frame, window.frame, _report_name(project), result.quality
+        )
 
     # save before publishing: a failed push must not lose the result
     run_id = str(flow_run.id or f"local-{int(time.time())}")
@@ -175,6 +182,11 @@ def _metrics(result, window, duration: float) -> MonitorMetrics:
             (m.name, m.current)
             for m in (quality.metrics if quality and quality.status == "ok" else [])
             if m.current is not None
+        ),
+        quality_reference=tuple(
+            (m.name, m.reference)
+            for m in (quality.metrics if quality and quality.reference_source == "held_out" else [])
+            if m.reference is not None
         ),
     )
 

@@ -1,17 +1,21 @@
 """Save the trained pipeline into the BentoML model store (the one $BENTOML_HOME names).
 
 Run as `python -m model.register`; it prints the exact model tag. The version is derived from the
-model file's content, so registering the same model twice returns the same tag.
+model file's content, so registering the same model twice returns the same tag. The model's
+held-out metrics (the `evaluate` stage's) go with it as metadata: the monitor shows them beside
+the same metrics on live traffic.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import bentoml
 import joblib
 
 from config.loader import Project
+from config.schema import METRICS
 from model import artifacts
 from model.lineage import file_md5
 from model.stage import run_stage
@@ -32,11 +36,24 @@ def register(project: Project) -> str:
     labels = {k: str(lineage[k]) for k in ("data_rev", "git_commit", "params_hash")}
     labels["git_dirty"] = str(lineage["git_dirty"]).lower()
     # BentoML metadata allows no None values: keep the whole description as one JSON string
-    metadata = {"driftloop_meta": json.dumps(meta)}
+    metadata = {"driftloop_meta": json.dumps(meta), **held_out_metadata(project, model_file)}
     saved = bentoml.sklearn.save_model(
         tag, joblib.load(model_file), labels=labels, metadata=metadata
     )
     return str(saved.tag)
+
+
+def held_out_metadata(project: Project, model_file: Path) -> dict[str, object]:
+    """`held_out_metrics` and `held_out_rows` from artifacts/metrics.json, when the `evaluate`
+    stage measured this very model file; none when it measured another (or never ran)."""
+    path = project.resolve(artifacts.METRICS)
+    if not path.is_file():
+        return {}
+    payload = json.loads(path.read_text())
+    if payload.get("model_md5") != file_md5(model_file):
+        return {}
+    metrics = {k: float(v) for k, v in payload.items() if k in METRICS and v is not None}
+    return {"held_out_metrics": metrics, "held_out_rows": int(payload.get("rows", 0))}
 
 
 def main(project: Project) -> None:

@@ -20,7 +20,7 @@ from model.capture import LABELS, PREDICTIONS, capture_schema
 class Window:
     start: datetime
     end: datetime
-    frame: pd.DataFrame  # feature columns, prediction, label (NaN until it arrives), meta
+    frame: pd.DataFrame  # features, prediction, probabilities, label (NaN until it arrives), meta
     label_coverage: float
 
     @property
@@ -51,7 +51,7 @@ def read_window(project: Project, start: datetime, end: datetime) -> Window:
         [
             features,
             predictions.select(
-                ["inference_id", "timestamp", "bento", "model", "prediction"]
+                ["inference_id", "timestamp", "bento", "model", "prediction", "probabilities"]
             ).to_pandas(),
         ],
         axis=1,

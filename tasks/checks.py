@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
@@ -55,11 +54,14 @@ CheckVerdict = Literal[
     "all_nan",
 ]
 Engine = Literal["native", "evidently"]
+# held_out: the serving model's own evaluation; reference_data: its training data's predictions
+ReferenceSource = Literal["held_out", "reference_data"]
 
 # Defaults until the config carries them (see `CheckSettings.from_project`).
 MIN_LABELS = 50
 REPORT_SAMPLE_ROWS = 100_000  # the HTML report is built from at most this many rows per frame
 WORKERS = 2
+CAPTURED_PROBABILITIES = "probabilities"  # the capture's list per row, in predict_proba order
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class DataQuality(BaseModel):
 class MetricValue(BaseModel):
     name: str
     current: float | None
-    reference: float | None = None
+    reference: float | None = Field(None, description="see QualityResult.reference_source")
     greater_is_better: bool
     note: str | None = None
 
@@ -190,6 +192,7 @@ class QualityResult(BaseModel):
     coverage: float
     min_labels: int
     reference_labelled_rows: int | None = None
+    reference_source: ReferenceSource | None = None
     primary: str
     metrics: list[MetricValue] = Field(default_factory=list)
     limit: float | None = None
@@ -238,13 +241,15 @@ def run_checks(
     settings: CheckSettings | None = None,
     engine: Engine = "native",
     classes: list[Any] | None = None,
+    held_out: dict[str, float] | None = None,
 ) -> CheckResult:
     """Validate, then check drift and quality of `current` against `reference`.
 
     `reference` is the serving model's training data, or its saved `FrameProfile` (built once
     per data rev with `reference_profile`); pass both via `profile=` to skip re-profiling while
     keeping the frame for reference quality. Bad input returns a result with a named verdict.
-    `classes` are the model's class labels (classification), if known.
+    `classes` are the model's class labels in its `predict_proba` order (classification), and
+    `held_out` its metrics on its held-out set, if known.
     """
     started = time.perf_counter()
     s = settings or CheckSettings.from_project(project)
@@ -300,7 +305,9 @@ def run_checks(
 
     # 4. data quality from the profiles, model quality from the labelled rows
     data_quality = _data_quality(ref_profile, cur_profile, numeric, categorical)
-    quality = model_quality(current, project, s, reference=ref_frame, classes=classes)
+    quality = model_quality(
+        current, project, s, reference=ref_frame, classes=classes, held_out=held_out
+    )
 
     if not tested:
         verdict: CheckVerdict = "insufficient_data"
@@ -430,12 +437,16 @@ def model_quality(
     *,
     reference: pd.DataFrame | None = None,
     classes: list[Any] | None = None,
+    held_out: dict[str, float] | None = None,
 ) -> QualityResult | None:
     """The configured metrics on labelled rows (target and prediction both present).
 
     None when the window carries no target or no prediction column. With too few labels the
-    status is `insufficient_labels` and no metric is computed. The same metrics on the reference
-    are added when the reference carries predictions too.
+    status is `insufficient_labels` and no metric is computed. `classes` are the serving model's,
+    in its `predict_proba` order: the capture stores labels as text and probabilities as one
+    list per row, and only the model says which class each value and column is. Beside each
+    metric is its reference: the model's `held_out` value, else the same metric on `reference`
+    when that carries predictions too.
     """
     s = settings or CheckSettings.from_project(project)
     cfg = project.config
@@ -457,18 +468,13 @@ def model_quality(
     )
     if result.status != "ok":
         return result
-    ref_scores: dict[str, tuple[float | None, str | None]] = {}
-    if reference is not None and {target, prediction} <= set(reference.columns):
-        ref_labelled = _labelled(reference, target, prediction)
-        result.reference_labelled_rows = len(ref_labelled)
-        if len(ref_labelled):
-            ref_scores = _scores(ref_labelled, project, s, classes)
+    references = _references(result, reference, project, s, classes, held_out)
     for name, (value, note) in _scores(labelled, project, s, classes).items():
         result.metrics.append(
             MetricValue(
                 name=name,
                 current=value,
-                reference=ref_scores.get(name, (None, None))[0],
+                reference=references.get(name),
                 greater_is_better=METRICS[name][1],
                 note=note,
             )
@@ -482,6 +488,30 @@ def model_quality(
     return result
 
 
+def _references(
+    result: QualityResult,
+    reference: pd.DataFrame | None,
+    project: Project,
+    s: CheckSettings,
+    classes: list[Any] | None,
+    held_out: dict[str, float] | None,
+) -> dict[str, float]:
+    """The value each metric is compared with; records its source on `result`."""
+    if held_out:
+        result.reference_source = "held_out"
+        return dict(held_out)
+    target, prediction = result.target, result.prediction_column
+    if reference is None or not {target, prediction} <= set(reference.columns):
+        return {}
+    ref_labelled = _labelled(reference, target, prediction)
+    result.reference_labelled_rows = len(ref_labelled)
+    if not len(ref_labelled):
+        return {}
+    result.reference_source = "reference_data"
+    scores = _scores(ref_labelled, project, s, classes)
+    return {name: value for name, (value, _) in scores.items() if value is not None}
+
+
 def _labelled(frame: pd.DataFrame, target: str, prediction: str) -> pd.DataFrame:
     return frame[frame[target].notna() & frame[prediction].notna()]
 
@@ -490,21 +520,24 @@ def _scores(
     labelled: pd.DataFrame, project: Project, s: CheckSettings, classes: list[Any] | None
 ) -> dict[str, tuple[float | None, str | None]]:
     """Each configured metric via `model.evaluate.score`, or None and the reason it is missing."""
-    from model.evaluate import score
+    from model.evaluate import NEEDS_PROBA, score
 
     cfg = project.config
     y_true, y_pred = labelled[cfg.data.target], labelled[s.prediction_column]
-    proba, model = None, None
+    proba, known, missing = None, None, None
     if cfg.data.task == "regression":
         y_true, y_pred = y_true.astype("float64"), y_pred.astype("float64")
     else:
         known = classes if classes is not None else _classes(y_true, y_pred)
-        model = SimpleNamespace(classes_=np.asarray(known))
-        proba = _proba(labelled, known, s.proba_prefix)
+        y_true, y_pred = _as_classes(y_true, known), _as_classes(y_pred, known)
+        proba, missing = _proba(labelled, known, s.proba_prefix, ordered=classes is not None)
     out: dict[str, tuple[float | None, str | None]] = {}
     for name in cfg.metric_names:
+        if name in NEEDS_PROBA and proba is None:
+            out[name] = (None, missing)
+            continue
         try:
-            out[name] = (float(score(name, y_true, y_pred, proba, model)), None)  # type: ignore[arg-type]
+            out[name] = (float(score(name, y_true, y_pred, proba, known)), None)
         except (ValueError, IndexError, TypeError) as exc:
             out[name] = (None, str(exc).split("\n")[0])
     return out
@@ -517,16 +550,61 @@ def _classes(y_true: pd.Series, y_pred: pd.Series) -> list[Any]:
         return sorted({str(v) for v in pd.concat([y_true, y_pred])})
 
 
-def _proba(frame: pd.DataFrame, classes: list[Any], prefix: str) -> np.ndarray | None:
-    """Probabilities from `<prefix><class>` columns; binary may carry only one of the two."""
+def _as_classes(values: pd.Series, classes: list[Any]) -> pd.Series:
+    """`values` as the model's own class values: the capture keeps labels and predictions as
+    text ("1"), the model may know them as numbers (1). Each distinct value matches a class by
+    its text, else by its number; a value no class matches stays as it is."""
+    by_text = {str(c): c for c in classes}
+    by_number = {float(c): c for c in classes if _is_number(c)}
+
+    def match(value: Any) -> Any:
+        text = str(value)
+        if text in by_text:
+            return by_text[text]
+        try:
+            return by_number.get(float(text), value)
+        except ValueError:
+            return value
+
+    return values.map({v: match(v) for v in values.unique()}).infer_objects()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
+
+
+def _proba(
+    frame: pd.DataFrame, classes: list[Any], prefix: str, *, ordered: bool
+) -> tuple[np.ndarray | None, str | None]:
+    """Probabilities in `classes` order, or None and why not.
+
+    From `<prefix><class>` columns (binary may carry only one of the two), else from the list
+    per row the capture stores, whose order is the model's `predict_proba` order: usable only
+    when `classes` are the model's own (`ordered`).
+    """
     names = [f"{prefix}{c}" for c in classes]
     present = [n in frame.columns for n in names]
     if all(present):
-        return frame[names].to_numpy(dtype="float64")
+        return frame[names].to_numpy(dtype="float64"), None
     if len(classes) == 2 and any(present):
         given = frame[names[present.index(True)]].to_numpy(dtype="float64")
-        return np.column_stack([given, 1 - given] if present[0] else [1 - given, given])
-    return None
+        return np.column_stack([given, 1 - given] if present[0] else [1 - given, given]), None
+    if CAPTURED_PROBABILITIES not in frame.columns:
+        return None, "needs probabilities; the window has none (has the model predict_proba?)"
+    rows = frame[CAPTURED_PROBABILITIES]
+    lacking = int(rows.isna().sum())
+    if lacking:
+        return None, (
+            f"needs probabilities; {lacking} of {len(rows)} labelled rows were served without "
+            "them (has the model predict_proba?)"
+        )
+    if not ordered:
+        return None, "needs the serving model's classes to read the captured probabilities"
+    widths = {len(p) for p in rows}
+    if widths != {len(classes)}:
+        shown = ", ".join(map(str, sorted(widths)))
+        return None, f"captured probabilities have {shown} values for {len(classes)} classes"
+    return np.vstack(rows.to_numpy()).astype("float64"), None
 
 
 # ---------------------------------------------------------------- Evidently
@@ -799,9 +877,17 @@ __all__ = [
 
 
 @task(name="run_checks", cache_policy=NO_CACHE)
-def check_window(reference, current: pd.DataFrame, project: Project, classes=None) -> CheckResult:
-    """`run_checks` on the captured window, its label column named as the target."""
+def check_window(
+    reference,
+    current: pd.DataFrame,
+    project: Project,
+    classes: list[Any] | None = None,
+    held_out: dict[str, float] | None = None,
+) -> CheckResult:
+    """`run_checks` on the captured window, its label column named as the target; `classes`
+    and `held_out` are the serving model's (`tasks.package.read_model`)."""
     frame = current.rename(columns={"label": project.config.data.target})
+    model = {"classes": classes, "held_out": held_out}
     if reference.profile is None:
-        return run_checks(reference.frame, frame, project, classes=classes)
-    return run_checks(reference.frame, frame, project, profile=reference.profile, classes=classes)
+        return run_checks(reference.frame, frame, project, **model)
+    return run_checks(reference.frame, frame, project, profile=reference.profile, **model)

@@ -44,6 +44,7 @@ class MonitorMetrics:
     dataset_drift: bool | None = None
     columns: tuple[tuple[str, str, float | None, float | None, bool], ...] = ()
     quality: tuple[tuple[str, float], ...] = ()
+    quality_reference: tuple[tuple[str, float], ...] = ()  # the serving model's held-out values
 
 
 def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = None):
@@ -78,6 +79,14 @@ def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = No
         quality = gauge("driftloop_quality", "Model quality on labelled traffic", ("metric",))
         for name, value in m.quality:
             quality.labels(name).set(value)
+    if m.quality_reference:
+        reference = gauge(
+            "driftloop_quality_reference",
+            "The serving model's value of the metric on its held-out set",
+            ("metric",),
+        )
+        for name, value in m.quality_reference:
+            reference.labels(name).set(value)
     gauge(
         "driftloop_monitor_last_success_timestamp_seconds", "Unix time of the last completed run"
     ).set(now if now is not None else time.time())

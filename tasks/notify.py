@@ -292,12 +292,19 @@ def _coverage(result) -> str:
     return f"{q.labelled_rows} labelled ({q.coverage:.0%})" if q else "none yet"
 
 
+REFERENCE_NAMES = {"held_out": "held-out", "reference_data": "reference"}
+
+
 def _quality_lines(quality) -> str:
+    """Each metric on traffic beside the serving model's own value (its held-out evaluation);
+    a metric that could not be computed says why."""
     lines = []
+    source = REFERENCE_NAMES.get(quality.reference_source, "reference")
     for m in quality.metrics:
         if m.current is None:
+            lines.append(f"• {m.name}: not computed" + (f" ({m.note})" if m.note else ""))
             continue
-        ref = f" (reference {m.reference:.4g})" if m.reference is not None else ""
+        ref = f" ({source} {m.reference:.4g})" if m.reference is not None else ""
         flag = ""
         if m.name == quality.primary and quality.limit is not None:
             flag = " :warning: past limit" if quality.limit_breached else " within limit"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from model import artifacts
@@ -51,6 +56,45 @@ def register_model(project: Project) -> str:
     if not match:
         raise CommandError(f"model registration printed no tag:\n{out[-500:]}")
     return match.group(1)
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What the monitor reads of a stored model: its class order and held-out metrics."""
+
+    tag: str
+    classes: list[Any] | None = None  # the order of its predict_proba columns
+    held_out: dict[str, float] = field(default_factory=dict)
+    held_out_rows: int | None = None
+
+
+def stored_model(project: Project, model_tag: str) -> StoredModel:
+    """The metadata `model.register` stored with `model_tag`, read back from the store."""
+    out = run(
+        [bin_path("bentoml"), "models", "get", model_tag, "-o", "json"],
+        project.root,
+        env=bentoml_env(project),
+        hint=f"is {model_tag} in the store? `bentoml models list`",
+    )
+    metadata = json.loads(out).get("metadata") or {}
+    meta = json.loads(metadata.get("driftloop_meta") or "{}")
+    return StoredModel(
+        tag=model_tag,
+        classes=(meta.get("schema") or {}).get("classes"),
+        held_out={k: float(v) for k, v in (metadata.get("held_out_metrics") or {}).items()},
+        held_out_rows=metadata.get("held_out_rows"),
+    )
+
+
+@task(name="read_model", cache_policy=NO_CACHE)
+def read_model(project: Project, model_tag: str) -> StoredModel:
+    """The serving model's metadata; an unreadable store leaves the monitor without it
+    (logged), never without its drift check."""
+    try:
+        return stored_model(project, model_tag)
+    except CommandError as exc:
+        logging.getLogger("driftloop.package").warning("model metadata not read: %s", exc)
+        return StoredModel(tag=model_tag)
 
 
 def release_version(model_tag: str) -> str:

@@ -3,6 +3,7 @@ Prefect artifacts (a markdown summary, a table of columns, a link to the report)
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
-from tasks.checks import CheckResult, save_report
+from tasks.checks import CheckResult, QualityResult, save_report
 from tasks.render import drift_report_key
 
 
@@ -20,10 +21,19 @@ def reports_dir(project: Project) -> Path:
 
 
 @task(name="write_report", retries=1, cache_policy=NO_CACHE)
-def write_report(project: Project, reference: pd.DataFrame, current: pd.DataFrame, name: str):
-    """Evidently's HTML report into the served reports folder; returns its URLs by file."""
+def write_report(
+    project: Project,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    name: str,
+    quality: QualityResult | None = None,
+):
+    """Evidently's HTML report into the served reports folder, headed by the quality on traffic
+    beside the serving model's held-out values (which Evidently never sees); returns its URLs."""
     frame = current.rename(columns={"label": project.config.data.target})
     files = save_report(reference, frame, project, reports_dir(project) / f"{name}.html")
+    if quality is not None and quality.metrics:
+        head_report(files.paths[0], quality)
     base = project.config.endpoints.reports
     return [f"{base}/{path.name}" for path in files.paths]
 
@@ -36,11 +46,7 @@ def publish_artifacts(
     slug = project.config.project.name.replace("_", "-")
     lines = [f"# {headline}", "", f"Window: {window}", "", result.message, ""]
     if result.quality and result.quality.metrics:
-        lines += ["| metric | current | reference |", "|---|---|---|"]
-        lines += [
-            f"| {m.name} | {_fmt(m.current)} | {_fmt(m.reference)} |"
-            for m in result.quality.metrics
-        ]
+        lines += _quality_table(result.quality)
     if result.validation:
         lines += ["", "Data checks: " + ", ".join(sorted(result.validation.verdicts))]
     lines += [f"\n[Evidently report]({url})" for url in report_urls]
@@ -65,6 +71,44 @@ def publish_artifacts(
         create_link_artifact(
             report_urls[0], link_text="Evidently report", key=drift_report_key(project)
         )
+
+
+REFERENCE_HEADERS = {"held_out": "held-out (serving model)", "reference_data": "reference data"}
+
+
+def _quality_rows(quality: QualityResult) -> list[list[str]]:
+    """Traffic's value of each metric beside its reference, and why a value is missing."""
+    header = REFERENCE_HEADERS.get(quality.reference_source or "", "reference")
+    rows = [["metric", "current", header, "note"]]
+    rows += [[m.name, _fmt(m.current), _fmt(m.reference), m.note or ""] for m in quality.metrics]
+    return rows
+
+
+def _quality_table(quality: QualityResult) -> list[str]:
+    head, *body = _quality_rows(quality)
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---|"]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+
+
+def head_report(path: Path, quality: QualityResult) -> None:
+    """Put the quality table at the top of an HTML report."""
+    head, *body = _quality_rows(quality)
+    table = _html_row(head, "th") + "".join(_html_row(row, "td") for row in body)
+    block = (
+        '<section id="driftloop-quality" style="font-family:sans-serif;margin:1em">'
+        f"<h2>Model quality on {quality.labelled_rows} labelled rows of traffic</h2>"
+        f"<table>{table}</table></section>"
+    )
+    text = path.read_text()
+    path.write_text(text.replace("<body>", "<body>\n" + block, 1))
+
+
+def _html_row(cells: list[str], tag: str) -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def _fmt(value: float | None) -> str:

@@ -92,6 +92,49 @@ def test_metric_must_suit_the_task(tmp_path):
     assert "evaluate.metrics: 'roc_auc' does not apply to task 'regression'" in msg
 
 
+def as_binary(raw, limit):
+    raw["data"]["task"] = "binary"
+    raw["train"].update(estimator="sklearn.linear_model.LogisticRegression", params={})
+    raw["evaluate"].update(metrics=["roc_auc", "accuracy"], primary="roc_auc")
+    raw["gate"]["guard_metrics"] = []
+    raw["monitor"]["quality_limit"] = limit
+
+
+def test_a_quality_limit_outside_the_primary_metrics_range_names_key_value_and_range(tmp_path):
+    msg = error_of(tmp_path, lambda raw: as_binary(raw, 60))  # left from the rmse config
+    assert "monitor.quality_limit: 60 is outside the range of roc_auc" in msg
+    assert "set a value from 0 to 1" in msg
+    assert "Higher roc_auc is better: the monitor alerts when roc_auc" in msg
+    assert "falls below the limit" in msg
+
+
+def test_a_quality_limit_within_the_range_is_accepted(tmp_path):
+    project = load_project(write(tmp_path, lambda raw: as_binary(raw, 0.7)))
+    assert (project.config.primary_metric, project.config.monitor.quality_limit) == ("roc_auc", 0.7)
+
+
+@pytest.mark.parametrize(
+    ("primary", "limit", "expected"),
+    [
+        ("rmse", -1, "set a value >= 0. Lower rmse is better"),
+        ("r2", 1.5, "set a value <= 1. Higher r2 is better"),
+    ],
+)
+def test_regression_limits_are_checked_against_their_metric(tmp_path, primary, limit, expected):
+    def change(raw):
+        raw["evaluate"]["primary"] = primary
+        raw["monitor"]["quality_limit"] = limit
+
+    msg = error_of(tmp_path, change)
+    assert f"monitor.quality_limit: {limit:g} is outside the range of {primary}" in msg
+    assert expected in msg
+
+
+def test_the_bundled_regression_limit_stays_valid():
+    config = load_project(ROOT / "config" / "driftloop.yaml").config
+    assert (config.primary_metric, config.monitor.quality_limit) == ("rmse", 60)
+
+
 def test_feature_lists_must_come_together(tmp_path):
     msg = error_of(tmp_path, lambda raw: raw["data"].pop("categorical"))
     assert "give both data.numeric and data.categorical" in msg

@@ -1,4 +1,5 @@
-"""Every bad-input class reaches the metrics and the Slack notice by name; nothing crashes."""
+"""Every bad-input class reaches the metrics and the Slack notice by name; nothing crashes; model
+quality goes out beside the serving model's held-out value."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import generate_latest
+from sklearn import metrics as skm
 
 from config.loader import load_project
 from flows.monitor import _metrics
@@ -15,6 +17,7 @@ from tasks.capture import Window
 from tasks.checks import run_checks
 from tasks.metrics import monitor_registry
 from tasks.notify import as_text, monitor_notice
+from tasks.reports import head_report, publish_artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +116,41 @@ def test_drifted_window_lists_columns_scores_and_thresholds(project, reference):
     text = as_text(monitor_notice(project, result, "May", "bikeshare:v1", {"report": "http://x"}))
     sign = "<" if temp.score_is_p_value else ">="
     assert f"`temp` {temp.method}: {temp.score:.3g} {sign} {temp.threshold:.3g}" in text
+
+
+def test_quality_stands_beside_the_serving_models_held_out_value(
+    project, reference, monkeypatch, tmp_path
+):
+    frame = current(reference)
+    frame["prediction"] = frame["bikers"] * 1.1 + 3
+    held_out = {"rmse": 18.74, "mae": 12.59, "r2": 0.92}
+    result = run_checks(reference, frame, project, held_out=held_out)
+    rmse = float(np.sqrt(skm.mean_squared_error(frame["bikers"], frame["prediction"])))
+
+    window = Window(start=None, end=None, frame=frame, label_coverage=1.0)
+    exposition = generate_latest(monitor_registry(project, _metrics(result, window, 1))).decode()
+    assert 'driftloop_quality_reference{metric="rmse"} 18.74' in exposition
+    assert 'driftloop_quality_reference{metric="r2"} 0.92' in exposition
+    assert f'driftloop_quality{{metric="rmse"}} {rmse!r}' in exposition
+
+    text = as_text(monitor_notice(project, result, "May", "bikeshare:v1", {}))
+    assert f"• rmse: {rmse:.4g} (held-out 18.74) within limit 60" in text
+
+    written = {}
+
+    def markdown(md: str, **_) -> None:
+        written["md"] = md
+
+    monkeypatch.setattr("tasks.reports.create_markdown_artifact", markdown)
+    monkeypatch.setattr("tasks.reports.create_table_artifact", lambda *a, **kw: None)
+    publish_artifacts.fn(project, result, "headline", "May", [])
+    assert "| metric | current | held-out (serving model) | note |" in written["md"]
+    assert f"| rmse | {rmse:.4g} | 18.74 |  |" in written["md"]
+
+    report = tmp_path / "report.html"
+    report.write_text('<html><body>\n<div id="root_metric_1"></div></body></html>')
+    head_report(report, result.quality)
+    html = report.read_text()
+    assert html.index('id="driftloop-quality"') < html.index('id="root_metric_1"')
+    assert "<th>held-out (serving model)</th>" in html
+    assert f"<tr><td>rmse</td><td>{rmse:.4g}</td><td>18.74</td><td></td></tr>" in html

@@ -319,6 +319,7 @@ def test_regression_quality_on_labelled_rows_and_against_the_reference():
     assert (quality.status, quality.rows, quality.labelled_rows) == ("ok", 400, 300)
     assert quality.coverage == pytest.approx(0.75)
     assert quality.reference_labelled_rows == 1000
+    assert quality.reference_source == "reference_data"  # no held-out values given
     lab = cur.dropna()
     got = {m.name: m for m in quality.metrics}
     rmse = np.sqrt(skm.mean_squared_error(lab["y"], lab["prediction"]))

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from config.loader import load_project
-from tasks.notify import Notice, current_thread, open_thread, post_notice, update_notice
+from tasks.checks import CheckResult, MetricValue, QualityResult
+from tasks.notify import (
+    Notice,
+    as_text,
+    current_thread,
+    monitor_notice,
+    open_thread,
+    post_notice,
+    update_notice,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTICE = Notice(
@@ -83,3 +92,39 @@ def test_wrong_token_is_a_clear_failure(slack, project, monkeypatch):
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-wrong")
     delivery = post_notice(project, NOTICE)
     assert not delivery.delivered and "invalid_auth" in delivery.error
+
+
+def test_classifier_quality_is_shown_beside_the_held_out_value(project):
+    quality = QualityResult(
+        task="binary",
+        status="ok",
+        target="churned",
+        prediction_column="prediction",
+        rows=400,
+        labelled_rows=300,
+        coverage=0.75,
+        min_labels=50,
+        primary="roc_auc",
+        reference_source="held_out",
+        limit=0.95,
+        limit_breached=True,
+        metrics=[
+            MetricValue(name="roc_auc", current=0.912, reference=0.987, greater_is_better=True),
+            MetricValue(name="f1", current=0.8, reference=0.9, greater_is_better=True),
+            MetricValue(
+                name="log_loss",
+                current=None,
+                reference=0.11,
+                greater_is_better=False,
+                note="needs probabilities; the window has none",
+            ),
+        ],
+    )
+    result = CheckResult(
+        verdict="no_drift", message="no dataset drift", drift_share_threshold=0.3, quality=quality
+    )
+    text = as_text(monitor_notice(project, result, "May", "churn:v1", {}))
+    assert "roc_auc past its limit" in text
+    assert "• roc_auc: 0.912 (held-out 0.987) :warning: past limit 0.95" in text
+    assert "• f1: 0.8 (held-out 0.9)" in text
+    assert "• log_loss: not computed (needs probabilities; the window has none)" in text
