@@ -252,12 +252,46 @@ class GateConfig(Section):
     )
 
 
+class Approvers(Section):
+    """Who may decide, per channel, by the identity that channel authenticates."""
+
+    slack: list[str] = Field(
+        default_factory=list, description="Slack user ids (U...), from the signed click."
+    )
+    cli: list[str] = Field(default_factory=list, description="OS users running the CLI.")
+    ui: list[str] = Field(
+        default_factory=list,
+        description="Prefect UI: 'prefect-ui', whoever holds the Prefect server's auth string.",
+    )
+
+
 class ApprovalConfig(Section):
     """Who may approve, and for how long a request stays open."""
 
-    approvers: list[str] = Field(
-        default_factory=list, description="Slack user ids or names allowed to decide (empty: any)."
+    approvers: Approvers = Field(
+        default_factory=Approvers,
+        description="Identities allowed to decide, per channel (all empty: anyone).",
     )
+    channels: list[Literal["slack", "cli", "ui"]] = Field(
+        default_factory=lambda: ["slack", "cli", "ui"], description="Channels that may decide."
+    )
+    slack_team_id: str = Field(
+        "", description="The Slack workspace (T...) whose users may decide; empty: no Slack."
+    )
+    cli_as: bool = Field(
+        False, description="Let `driftloop approve --as NAME` record NAME instead of the OS user."
+    )
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _per_channel(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            raise ValueError(
+                "approvers are listed per channel, by the identity each one authenticates: "
+                "{slack: [Slack user ids], cli: [OS users], ui: [prefect-ui]}"
+            )
+        return value
+
     timeout_seconds: int = Field(86400, ge=10, description="An open request expires after this.")
     poll_seconds: float = Field(2.0, gt=0, le=60, description="How fast a decision is noticed.")
     slack_host: str = "127.0.0.1"

@@ -21,13 +21,17 @@ RunArgument = Annotated[
 ]
 AsUserOption = Annotated[
     str | None,
-    typer.Option("--as", help="Approver name (default: your OS user).", show_default=False),
+    typer.Option(
+        "--as",
+        help="Decide as NAME instead of your OS user (only with approval.cli_as: true).",
+        show_default=False,
+    ),
 ]
 EvidenceOption = Annotated[
     str | None,
     typer.Option(
         "--evidence",
-        help="Decide only if the request still shows this evidence hash (from `pending`).",
+        help="The evidence hash you decide on (from `pending`); required.",
         show_default=False,
     ),
 ]
@@ -72,7 +76,14 @@ def _decide(
 
     from tasks.approval import submit_decision
 
-    approver = as_user or getpass.getuser()
+    approver = _identity(proj, as_user)
+    if not evidence_hash:
+        err_console.print(
+            "[bold red]refused:[/] name the evidence you decide on: --evidence HASH "
+            "(`driftloop pending` shows each request's hash)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
     try:
         result = submit_decision(
             proj, run_id, decision, approver, "cli", comment.strip(), evidence_hash
@@ -85,6 +96,21 @@ def _decide(
         return
     err_console.print(f"[bold red]not recorded:[/] {result.message}", highlight=False)
     raise typer.Exit(1)
+
+
+def _identity(proj, as_user: str | None) -> str:
+    """The CLI's identity is the OS user running it; `--as` only where the config allows it."""
+    os_user = getpass.getuser()
+    if as_user is None or as_user == os_user:
+        return os_user
+    if not proj.config.approval.cli_as:
+        err_console.print(
+            f"[bold red]refused:[/] the CLI decides as your OS user ({os_user}); --as "
+            f"{as_user} needs approval.cli_as: true in the config",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    return as_user
 
 
 def pending(
@@ -132,7 +158,10 @@ def pending(
     console.print(table)
     for r in requests:
         console.print(f"{r.run_id}: {r.url}", highlight=False, soft_wrap=True)
-    console.print("decide with: driftloop approve RUN [-m TEXT] | driftloop reject RUN -m TEXT")
+    console.print(
+        "decide with: driftloop approve RUN --evidence HASH [-m TEXT] | "
+        "driftloop reject RUN --evidence HASH -m TEXT"
+    )
 
 
 def _age(seconds: float) -> str:

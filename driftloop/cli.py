@@ -105,7 +105,15 @@ def lineage(
 def lineage_chain(release) -> dict[str, str]:
     """bento -> model -> data rev -> commit -> retrain run -> approver and time -> evidence."""
     labels = release.labels
-    keys = ("data_rev", "git_commit", "retrain_run", "approver", "approved_at", "evidence_hash")
+    keys = (
+        "data_rev",
+        "git_commit",
+        "retrain_run",
+        "approver",
+        "approval_channel",
+        "approved_at",
+        "evidence_hash",
+    )
     return {"bento": release.bento, "model_tag": release.model_tag} | {
         key: labels.get(key, "") for key in keys
     }
@@ -122,15 +130,27 @@ def render_lineage(release) -> None:
     table.add_row("git commit", labels.get("git_commit", "?") + dirty)
     table.add_row("params hash", labels.get("params_hash", "?"))
     table.add_row("retrain run", labels.get("retrain_run") or "- (built by hand)")
-    approver = labels.get("approver") or "- (initial release)"
-    if labels.get("approved_at"):
-        approver += f" at {labels['approved_at']}"
-    table.add_row("approved by", approver)
+    table.add_row("approved by", approval_text(release))
     table.add_row("evidence hash", labels.get("evidence_hash") or "-")
     if labels.get("image"):
         table.add_row("image", labels["image"])
     table.add_row("serving since", release.started_at)
     console.print(table)
+
+
+def approval_text(release) -> str:
+    """'cli:alice at TIME', or how it came without an approval: by hand, by whom."""
+    labels = release.labels
+    if labels.get("approver"):
+        channel = labels.get("approval_channel")
+        who = f"{channel}:{labels['approver']}" if channel else labels["approver"]
+        text = f"{who} at {labels['approved_at']}" if labels.get("approved_at") else who
+        if release.how != "promote":
+            text += f" (then a {release.how} by {release.released_by or '?'})"
+        return text
+    if release.how in ("release", "rollback") and release.released_by:
+        return f"- (a {release.how} by hand by {release.released_by})"
+    return "- (released by hand)"
 
 
 @app.command("rollback")
@@ -380,20 +400,24 @@ def render_status(rows) -> None:
 @app.command("demo")
 def demo(
     keep: Annotated[bool, typer.Option(help="Leave the stack running at the end.")] = False,
-    approve_as: Annotated[
-        str | None,
-        typer.Option(help="Approve the retrain as NAME (through the CLI's decision path)."),
-    ] = None,
+    approve: Annotated[
+        bool,
+        typer.Option(
+            "--approve", help="Approve the retrain as your OS user (the CLI's decision path)."
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Run the whole loop on the bundled bike-sharing data.
 
-    Waits for a real approval unless --approve-as is given."""
+    Waits for a real approval unless --approve is given."""
+    import getpass
+
     from driftloop.demo import run_demo
 
     proj = project(config)
     with failures():
-        run_demo(proj, keep=keep, approve_as=approve_as)
+        run_demo(proj, keep=keep, approve_as=getpass.getuser() if approve else None)
 
 
 def _version_callback(value: bool) -> None:

@@ -207,7 +207,9 @@ def decide_request(project: Project, request, approve_as: str | None) -> None:
     if approve_as is None:
         console.print(
             "decide with one of: the Approve button in Slack, the Resume form at the "
-            f"link above, or `driftloop approve {request.run_id}` in another terminal"
+            f"link above (evidence hash {request.evidence_hash}), or "
+            f"`driftloop approve {request.run_id} --evidence {request.evidence_hash}` "
+            "in another terminal"
         )
         with console.status("waiting for a decision ..."):
             while any(p.run_id == request.run_id for p in pending_requests(project)):
@@ -219,7 +221,7 @@ def decide_request(project: Project, request, approve_as: str | None) -> None:
         "approve",
         approve_as,
         "cli",
-        comment="approved in `driftloop demo --approve-as`",
+        comment="approved in `driftloop demo --approve`",
         evidence_hash=request.evidence_hash,
     )
     console.print(f"decision: {result.message}")

@@ -82,8 +82,6 @@ def promote(run_id: RunArgument, config: ConfigOption = None) -> None:
         bento = promote_flow(
             candidate=approved.candidate,
             retrain_run=approved.run_id,
-            approver=approved.approver,
-            approved_at=approved.approved_at,
             evidence_hash=approved.evidence_hash,
             config=str(proj.path),
         )

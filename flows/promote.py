@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from config.loader import Project, load_project
+from tasks.approval import NoRecordedApproval, verified_approval
 from tasks.notify import Notice, close_thread, send_notice
 from tasks.package import build_bento, export_bento
 from tasks.releases import Attempt, Release, read_serving
@@ -34,22 +35,30 @@ def reconcile_after_crash(flow, flow_run, state) -> None:
 @flow(name="promote", log_prints=True, persist_result=True, on_crashed=[reconcile_after_crash])
 def promote(
     candidate: str,
-    retrain_run: str = "",
-    approver: str = "",
-    approved_at: str = "",
-    evidence_hash: str = "",
+    retrain_run: str,
+    evidence_hash: str,
     config: str | None = None,
 ) -> str:
-    """Build the bento with its lineage, roll it forward, and say what serves now."""
+    """Build the approved candidate's bento with its lineage, roll it forward, say what serves."""
     logger = get_run_logger()
     project = load_project(config)
+
+    # 0. the sealed approval recorded with the retrain run, for exactly this candidate and
+    #    evidence: no parameter can stand in for it; without it nothing changes
+    try:
+        decision = verified_approval(project, retrain_run, candidate, evidence_hash)
+    except NoRecordedApproval as exc:
+        refuse_promotion(project, candidate, retrain_run, evidence_hash, str(exc))
+        raise
+    approver = decision.approver or ""
 
     # 1. bentoml build (lineage on the labels, the exact model tag as a build argument) and
     #    the exported archive, the release artifact
     lineage = {
         "retrain_run": retrain_run,
         "approver": approver,
-        "approved_at": approved_at,
+        "approval_channel": decision.channel or "",
+        "approved_at": decision.decided_at.isoformat(timespec="seconds"),
         "evidence_hash": evidence_hash,
     }
     try:
@@ -72,9 +81,22 @@ def promote(
         raise
 
     # 3. say so, and end the cycle's thread
-    send_notice(project, Notice(text=promoted_text(release, approver)), None)
+    who = f"{decision.channel}:{approver}"
+    send_notice(project, Notice(text=promoted_text(release, who)), None)
     close_thread(project)
     return release.bento
+
+
+def refuse_promotion(
+    project: Project, candidate: str, retrain_run: str, evidence_hash: str, reason: str
+) -> None:
+    """Audit a promotion asked for without a recorded approval; serving is not touched."""
+    from tasks.approval import record_refusal
+
+    text = f":no_entry: promotion of {candidate} refused: {reason}. Serving is unchanged."
+    get_run_logger().error(text)
+    record_refusal(project, retrain_run, "promote", None, "promote", evidence_hash, reason)
+    send_notice(project, Notice(text=text), None)
 
 
 def report_failure(project: Project, attempt: Attempt) -> None:

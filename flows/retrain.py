@@ -10,7 +10,7 @@ from prefect.states import Cancelled
 
 from config.loader import load_project
 from flows.promote import promote
-from tasks.approval import Evidence, GateRow, await_decision, evidence_hash
+from tasks.approval import ApprovalSettings, Evidence, GateRow, await_decision, evidence_hash
 from tasks.candidate import (
     judge_candidate,
     new_training_set,
@@ -116,7 +116,7 @@ def retrain(
         candidate=candidate,
         retrain_run_id=run_id,
     )
-    settings = project.config.approval
+    settings = ApprovalSettings.from_project(project)
     decision = await_decision(project, proof, settings.timeout_seconds, settings.approvers)
     outcome["decision"] = decision.describe()
     logger.info("decision: %s", decision.describe())
@@ -125,12 +125,7 @@ def retrain(
 
     # 5. promote: a lineage-labelled bento, rolled forward behind nginx
     release = promote(
-        candidate=candidate,
-        retrain_run=run_id,
-        approver=decision.approver or "",
-        approved_at=decision.decided_at.isoformat(timespec="seconds"),
-        evidence_hash=evidence_hash(proof),
-        config=config,
+        candidate=candidate, retrain_run=run_id, evidence_hash=evidence_hash(proof), config=config
     )
     outcome["release"] = release
     return outcome

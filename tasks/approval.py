@@ -47,6 +47,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, Field
 
 from config.loader import Project
+from tasks.commands import CommandError
 from tasks.metrics import PublishError, push
 from tasks.notify import Notice, post_notice, update_notice
 
@@ -104,14 +105,22 @@ def evidence_hash(evidence: Evidence) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+UI_IDENTITY = "prefect-ui"  # all the Prefect UI proves: its user holds the server's auth string
+
+
 class ApprovalInput(RunInput):
-    """The resume form: a decision must be chosen explicitly (no default)."""
+    """The resume form: a decision must be chosen explicitly (no default).
+
+    Channel and identity are never typed. driftloop's CLI and Slack app seal theirs with the
+    local decision key (`seal`); an input without a seal came through the Prefect UI or its API
+    and counts as `ui:prefect-ui`, whatever name is typed in `approver`.
+    """
 
     decision: Literal["approve", "reject"]
-    approver: str
+    approver: str = ""
     comment: str = ""
     evidence_hash: str
-    channel: Channel = "ui"
+    seal: str = ""
 
 
 # ---------------------------------------------------------------- records
@@ -125,7 +134,8 @@ class ApprovalRequest(BaseModel):
     evidence_hash: str
     requested_at: datetime
     expires_at: datetime
-    approvers: list[str] = []  # empty: anyone may decide
+    approvers: list[str] = []  # `channel:identity` (a bare identity: any channel); empty: anyone
+    channels: list[str] = ["slack", "cli", "ui"]  # channels that may decide
     poll_seconds: float = 2.0
     card_channel: str | None = None
     card_ts: str | None = None
@@ -140,6 +150,11 @@ class Decision(BaseModel):
     decided_at: datetime
     evidence_hash: str
     run_id: str | None = None
+    candidate: str = ""
+    seal: str = ""  # HMAC under the local decision key, set by the flow that recorded it
+
+    def sealed_fields(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"seal"})
 
     def describe(self) -> str:
         """E.g. 'approved by alice via slack at 2026-05-01T10:00:00Z'."""
@@ -192,6 +207,7 @@ class ApprovalSettings:
     """The `approval` config section, with defaults until the section exists."""
 
     approvers: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ("slack", "cli", "ui")
     timeout_seconds: int = 24 * 3600
     poll_seconds: float = 2.0
     slack_host: str = "127.0.0.1"
@@ -203,12 +219,25 @@ class ApprovalSettings:
         if section is None:
             return cls()
         return cls(
-            approvers=tuple(getattr(section, "approvers", ()) or ()),
+            approvers=allowed_identities(section),
+            channels=tuple(getattr(section, "channels", cls.channels)),
             timeout_seconds=int(getattr(section, "timeout_seconds", cls.timeout_seconds)),
             poll_seconds=float(getattr(section, "poll_seconds", cls.poll_seconds)),
             slack_host=str(getattr(section, "slack_host", cls.slack_host)),
             slack_port=int(getattr(section, "slack_port", cls.slack_port)),
         )
+
+
+def allowed_identities(section: Any) -> tuple[str, ...]:
+    """The allow-list as `channel:identity` entries, from the per-channel config."""
+    approvers = getattr(section, "approvers", None)
+    if approvers is None:
+        return ()
+    return tuple(
+        f"{channel}:{identity}"
+        for channel in ("slack", "cli", "ui")
+        for identity in getattr(approvers, channel, [])
+    )
 
 
 def run_url(project: Project, run_id: str | UUID) -> str:
@@ -299,7 +328,7 @@ def publish_approval_metrics(project: Project) -> bool:
     return True
 
 
-def _refusal(
+def record_refusal(
     project: Project,
     run_id: str,
     decision: str,
@@ -329,8 +358,8 @@ def _refusal(
 
 
 async def _arefusal(*args: Any) -> None:
-    """`_refusal` off the event loop: its metric push must not stall a Slack acknowledgement."""
-    await asyncio.to_thread(_refusal, *args)
+    """`record_refusal` off the event loop: its push must not stall a Slack acknowledgement."""
+    await asyncio.to_thread(record_refusal, *args)
 
 
 # ---------------------------------------------------------------- what people see
@@ -386,9 +415,11 @@ def evidence_markdown(request: ApprovalRequest) -> str:
         parts.extend(f"- {line}" for line in _drift_lines(ev))
     who = ", ".join(request.approvers) if request.approvers else "anyone"
     parts.append(
-        "Choose **decision** (approve or reject) and type your name as **approver** "
-        f"(allowed: {who}). Keep **evidence_hash** as it is: it binds the decision to this "
-        "evidence, and a different hash is refused."
+        "Choose **decision** (approve or reject) and copy the evidence hash above into "
+        "**evidence_hash**: it binds the decision to this evidence, and a missing or different "
+        f"hash is refused. Here you decide as `ui:{UI_IDENTITY}`, the holder of the Prefect "
+        f"server's auth string; a name typed as **approver** is kept in the comment "
+        f"(allowed: {who}; channels: {', '.join(request.channels)})."
     )
     return "\n\n".join(parts)
 
@@ -438,13 +469,13 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
         )
         return Notice(text=f"Approval needed: {title}", blocks=blocks)
     icon = {"approve": ":white_check_mark:", "reject": ":x:", "expired": ":hourglass:"}
-    line = f"{icon[decision.outcome]} *{decision.describe().capitalize()}*"
+    line = f"{icon[decision.outcome]} *{plain(decision.describe()).capitalize()}*"
     if decision.comment:
-        line += f"\n> {decision.comment}"
+        line += f"\n> {plain(decision.comment)}"
     if decision.outcome == "expired":
         line += "\nNothing will be promoted."
     blocks.append(_mrkdwn(line))
-    return Notice(text=f"{title} {decision.describe()}", blocks=blocks)
+    return Notice(text=plain(f"{title} {decision.describe()}"), blocks=blocks)
 
 
 def _mrkdwn(text: str) -> dict[str, Any]:
@@ -484,35 +515,156 @@ def update_approval_card(project: Project, request: ApprovalRequest, decision: D
 
 
 def reply_on_card(project: Project, request: ApprovalRequest, text: str) -> None:
-    post_notice(project, Notice(text=text), thread_ts=request.card_ts)
+    post_notice(project, Notice(text=plain(text)), thread_ts=request.card_ts)
+
+
+def plain(text: str) -> str:
+    """Slack's three control characters escaped: a name or comment typed by a person can never
+    become a mention (`<!channel>`), a link or markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # ---------------------------------------------------------------- validation
 
 
 def check_submission(
-    request: ApprovalRequest, evidence_hash: str | None, approver: str, now: datetime
+    request: ApprovalRequest,
+    evidence_hash: str | None,
+    approver: str,
+    channel: str,
+    now: datetime,
 ) -> str | None:
     """Why this submission cannot decide the request, or None when it can."""
-    if evidence_hash is not None and evidence_hash != request.evidence_hash:
+    if not evidence_hash:
+        return (
+            "no evidence hash: a decision names the evidence it was made on "
+            f"(this request shows {request.evidence_hash}; `driftloop pending` lists it)"
+        )
+    if evidence_hash != request.evidence_hash:
         return (
             f"stale evidence: the decision names evidence {evidence_hash} but the request "
             f"shows {request.evidence_hash}; review the current evidence and decide again"
         )
-    if request.approvers and approver not in request.approvers:
-        return f"{approver} is not on the approver allow-list ({', '.join(request.approvers)})"
+    if channel not in request.channels:
+        return f"{channel} may not decide (approval.channels: {', '.join(request.channels)})"
+    if request.approvers and approver not in allowed_on(request.approvers, channel):
+        listed = ", ".join(request.approvers)
+        return f"{channel}:{approver} is not on the approver allow-list ({listed})"
     if now > request.expires_at:
         return f"the request expired at {_iso(request.expires_at)}"
     return None
 
 
-def pick_approver(identities: list[str], allowed: list[str]) -> str:
-    """The first of a person's names (Slack handle, id) on the allow-list, else the first."""
-    names = [n for n in identities if n]
-    for name in names:
-        if name in allowed:
-            return name
-    return names[0] if names else "unknown"
+def allowed_on(approvers: list[str], channel: str) -> list[str]:
+    """The identities the allow-list names for `channel` (bare entries count on any)."""
+    return [
+        entry.split(":", 1)[1] if ":" in entry else entry
+        for entry in approvers
+        if ":" not in entry or entry.split(":", 1)[0] == channel
+    ]
+
+
+# ---------------------------------------------------------------- identities and seals
+
+
+class Forged(ValueError):
+    """An input whose seal does not verify: refused, whatever it claims."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    channel: Channel
+    approver: str
+    comment: str
+
+
+def _input_fields(
+    run_id: str, decision: str, approver: str, channel: str, comment: str, evidence_hash: str
+) -> dict[str, str]:
+    return {
+        "run_id": run_id,
+        "decision": decision,
+        "approver": approver,
+        "channel": channel,
+        "comment": comment,
+        "evidence_hash": evidence_hash,
+    }
+
+
+def input_seal(
+    project: Project,
+    run_id: str,
+    decision: str,
+    approver: str,
+    channel: Channel,
+    comment: str,
+    evidence_hash: str,
+) -> str:
+    """What the CLI and the Slack app attach to a resume: their channel, sealed with the rest."""
+    from tasks.seal import seal
+
+    fields = _input_fields(run_id, decision, approver, channel, comment, evidence_hash)
+    return json.dumps({"channel": channel, "sig": seal(project, fields)})
+
+
+def authenticate(project: Project, run_id: str, answer: ApprovalInput) -> Identity:
+    """The channel and identity an input proves: its seal's, or the UI's when it has none."""
+    from tasks.seal import verify
+
+    if not answer.seal:
+        typed = answer.approver.strip()
+        note = f" (typed name: {typed})" if typed and typed != UI_IDENTITY else ""
+        return Identity("ui", UI_IDENTITY, (answer.comment + note).strip())
+    try:
+        claimed = json.loads(answer.seal)
+        channel, signature = claimed["channel"], claimed["sig"]
+    except (ValueError, TypeError, KeyError):
+        raise Forged("the input's seal is malformed") from None
+    fields = _input_fields(
+        run_id, answer.decision, answer.approver, str(channel), answer.comment, answer.evidence_hash
+    )
+    if channel not in ("slack", "cli") or not verify(project, fields, str(signature)):
+        raise Forged("the input's seal does not verify (forged or altered)")
+    return Identity(channel, answer.approver, answer.comment)
+
+
+def seal_decision(project: Project, decision: Decision) -> Decision:
+    from tasks.seal import seal
+
+    return decision.model_copy(update={"seal": seal(project, decision.sealed_fields())})
+
+
+class NoRecordedApproval(CommandError):
+    """A promotion asked for without an approval recorded for exactly that candidate."""
+
+
+def verified_approval(
+    project: Project, run_id: str, candidate: str, evidence_hash_: str
+) -> Decision:
+    """The sealed approval recorded with `run_id` for `candidate` on `evidence_hash_`, or
+    NoRecordedApproval saying what is missing. Only this makes a promotion legitimate."""
+    from tasks.seal import verify
+
+    try:
+        request, decision = recorded_decision(project, run_id)
+    except ValueError:
+        raise NoRecordedApproval(f"{run_id!r} is not a retrain run id") from None
+    if request is None or decision is None:
+        raise NoRecordedApproval(f"run {run_id} has no recorded decision")
+    if not verify(project, decision.sealed_fields(), decision.seal):
+        raise NoRecordedApproval(f"the decision recorded with run {run_id} is not sealed by us")
+    if decision.outcome != "approve":
+        raise NoRecordedApproval(f"run {run_id} was {decision.describe()}")
+    if decision.candidate != candidate or request.evidence.candidate != candidate:
+        raise NoRecordedApproval(
+            f"run {run_id} approved {decision.candidate or request.evidence.candidate}, "
+            f"not {candidate}"
+        )
+    if decision.evidence_hash != evidence_hash_:
+        raise NoRecordedApproval(
+            f"run {run_id} was approved on evidence {decision.evidence_hash}, not {evidence_hash_}"
+        )
+    return decision
 
 
 # ---------------------------------------------------------------- reading the record
@@ -548,10 +700,14 @@ async def _latest_response(client, run_id: UUID, request: ApprovalRequest) -> De
         return None
     latest = max(items, key=lambda i: i.created or datetime.min.replace(tzinfo=UTC))
     value = _decode(latest) or {}
+    try:  # the claimed channel, for telling a later submitter who came first; unverified
+        channel = json.loads(value.get("seal") or "{}").get("channel", "ui")
+    except (ValueError, AttributeError):
+        channel = "ui"
     return Decision(
         outcome=value.get("decision", "approve"),
-        approver=value.get("approver"),
-        channel=value.get("channel", "ui"),
+        approver=value.get("approver") if value.get("seal") else UI_IDENTITY,
+        channel=channel if channel in ("slack", "cli", "ui") else "ui",
         comment=value.get("comment", ""),
         decided_at=latest.created or _now(),
         evidence_hash=value.get("evidence_hash") or request.evidence_hash,
@@ -593,14 +749,14 @@ async def asubmit_decision(
     comment: str = "",
     evidence_hash: str | None = None,
     *,
-    aliases: list[str] | None = None,
     settle_seconds: float | None = None,
 ) -> SubmitResult:
     """Resume the paused run with this decision, or say why not (who decided, stale, expired).
 
-    `aliases` are other names of the same person (a Slack user's handle and id): the first one
-    on the allow-list is recorded as the approver. Safe to call concurrently: the server resumes
-    a paused run once and aborts every other resume, which is then told who won.
+    `approver` is the identity the caller's channel authenticated (a Slack user id, the OS
+    user); the input is sealed with it so the flow knows the channel without trusting a field.
+    Safe to call concurrently: the server resumes a paused run once and aborts every other
+    resume, which is then told who won.
     """
     rid = str(flow_run_id)
     try:
@@ -618,15 +774,13 @@ async def asubmit_decision(
                 return SubmitResult(
                     status="refused", run_id=rid, message=f"run {rid} is not an approval request"
                 )
-            if aliases:
-                approver = pick_approver([approver, *aliases], request.approvers)
             settle = settle_seconds if settle_seconds is not None else request.poll_seconds * 3 + 3
             if run.state is None or not run.state.is_paused():
                 kind, winner, run = await _settle(client, run_uuid, request, settle)
                 if kind == "paused":
                     continue
                 return await _too_late(project, request, run, winner, decision, approver, channel)
-            reason = check_submission(request, evidence_hash, approver, _now())
+            reason = check_submission(request, evidence_hash, approver, channel, _now())
             if reason:
                 await _arefusal(
                     project, rid, decision, approver, channel, evidence_hash, reason, comment
@@ -640,7 +794,9 @@ async def asubmit_decision(
                     "approver": approver,
                     "comment": comment,
                     "evidence_hash": request.evidence_hash,
-                    "channel": channel,
+                    "seal": input_seal(
+                        project, rid, decision, approver, channel, comment, request.evidence_hash
+                    ),
                 },
             )
             if answer.status == SetStateStatus.ABORT:  # someone else resumed it first
@@ -949,6 +1105,7 @@ def await_decision(
             requested_at=now,
             expires_at=now + timedelta(seconds=timeout_seconds),
             approvers=list(allowed_approvers),
+            channels=list(settings.channels),
             poll_seconds=poll,
             url=run_url(project, run_id),
         )
@@ -959,9 +1116,7 @@ def await_decision(
         )
         _write_input(run_id, REQUEST_KEY + hash_, request)
     _evidence_artifact(request)
-    form = ApprovalInput.with_initial_data(
-        description=evidence_markdown(request), evidence_hash=hash_
-    )
+    form = ApprovalInput.with_initial_data(description=evidence_markdown(request))
 
     # 3. pause until a valid decision or the deadline
     decision: Decision | None = None
@@ -979,39 +1134,51 @@ def await_decision(
                 )
             break
         decided_at = _input_time(run_id, answer) or _now()
-        reason = check_submission(request, answer.evidence_hash, answer.approver, decided_at)
+        try:
+            who = authenticate(project, str(run_id), answer)
+            reason = check_submission(
+                request, answer.evidence_hash, who.approver, who.channel, decided_at
+            )
+        except Forged as exc:
+            who, reason = Identity("ui", answer.approver or UI_IDENTITY, answer.comment), str(exc)
         if reason:
-            _refusal(
+            record_refusal(
                 project,
                 str(run_id),
                 answer.decision,
-                answer.approver,
-                answer.channel,
+                who.approver,
+                who.channel,
                 answer.evidence_hash,
                 reason,
-                answer.comment,
+                who.comment,
             )
             reply_on_card(
                 project,
                 request,
-                f"Refused {answer.decision} by {answer.approver} via {answer.channel}: {reason}",
+                f"Refused {answer.decision} by {who.channel}:{who.approver}: {reason}",
             )
             continue
         decision = Decision(
             outcome=answer.decision,
-            approver=answer.approver,
-            channel=answer.channel,
-            comment=answer.comment,
+            approver=who.approver,
+            channel=who.channel,
+            comment=who.comment,
             decided_at=decided_at,
             evidence_hash=hash_,
             run_id=str(run_id),
+            candidate=evidence.candidate,
         )
     if decision is None:
         decision = Decision(
-            outcome="expired", decided_at=_now(), evidence_hash=hash_, run_id=str(run_id)
+            outcome="expired",
+            decided_at=_now(),
+            evidence_hash=hash_,
+            run_id=str(run_id),
+            candidate=evidence.candidate,
         )
 
-    # 4. record it with the run and in the audit log, then show it on the card
+    # 4. record it, sealed, with the run and in the audit log, then show it on the card
+    decision = seal_decision(project, decision)
     _write_input(run_id, DECISION_KEY + hash_, decision)
     append_audit(
         project,

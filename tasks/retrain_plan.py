@@ -46,9 +46,11 @@ def plan_retrain(project: Project, reason: str) -> RetrainPlan:
         f"{gate.min_relative_improvement:.0%}; guards {gate.guard_metrics or 'none'} no worse "
         f"than {gate.guard_tolerance:.0%}"
     )
-    who = ", ".join(cfg.approval.approvers) or "anyone"
+    from tasks.approval import allowed_identities
+
+    who = ", ".join(allowed_identities(cfg.approval)) or "anyone"
     plan.lines.append(
-        f"approval: {who}, via Slack, the Prefect UI or `driftloop approve`; expires after "
+        f"approval: {who}, via {', '.join(cfg.approval.channels)}; expires after "
         f"{cfg.approval.timeout_seconds} s"
     )
     plan.blocked_by = open_retrain(project)

@@ -24,6 +24,7 @@ from tasks.approval import (
     await_decision,
     pending_requests,
 )
+from tests.support import free_port
 
 
 def sample_evidence(candidate: str, model: str = "bikeshare") -> Evidence:
@@ -139,14 +140,21 @@ class StubRun:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(self.run_id)
             if run.state is not None and run.state.is_paused():
+                from tasks.approval import input_seal
+
+                approver = self.args[3][0].split(":")[-1] if self.args[3] else "cleanup"
+                comment = "test cleanup"
+                seal = input_seal(
+                    self.project, self.run_id, "reject", approver, "cli", comment, self.hash
+                )
                 client.resume_flow_run(
                     self.run_id,
                     run_input={
                         "decision": "reject",
-                        "approver": self.args[3][0] if self.args[3] else "cleanup",
-                        "comment": "test cleanup",
+                        "approver": approver,
+                        "comment": comment,
                         "evidence_hash": self.hash,
-                        "channel": "cli",
+                        "seal": seal,
                     },
                 )
         self.thread.join(30)
@@ -158,6 +166,10 @@ def project_copy(root: Path, edit: dict[str, dict[str, Any]] | None = None) -> P
 
     source = Path(__file__).resolve().parents[2] / "config" / "driftloop.yaml"
     raw = yaml.safe_load(source.read_text())
+    raw["approval"]["cli_as"] = True  # the tests' CLI decides as the people they name
+    for name in raw["endpoints"]:  # nothing listens there: never a default port
+        if name != "prefect":
+            raw["endpoints"][name] = f"http://127.0.0.1:{free_port()}"
     for section, values in (edit or {}).items():
         raw.setdefault(section, {}).update(values)
     (root / "config").mkdir(parents=True, exist_ok=True)
@@ -165,3 +177,46 @@ def project_copy(root: Path, edit: dict[str, dict[str, Any]] | None = None) -> P
     path = root / "config" / "driftloop.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return load_project(path)
+
+
+def record_approval(
+    project: Project, candidate: str, approver: str = "alice", channel: str = "cli"
+) -> tuple[str, str]:
+    """A retrain run that holds a sealed approval of `candidate`, as the approval path records
+    one, without running a retrain: (run id, evidence hash) for the promote flow."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.approval import (
+        DECISION_KEY,
+        REQUEST_KEY,
+        ApprovalRequest,
+        Decision,
+        _write_input,
+        evidence_hash,
+        seal_decision,
+    )
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(approval_stub, name=f"approved-{candidate}")
+    evidence = sample_evidence(candidate, model=project.config.project.name)
+    hash_ = evidence_hash(evidence)
+    now = datetime.now(UTC)
+    request = ApprovalRequest(
+        run_id=str(run.id),
+        evidence=evidence,
+        evidence_hash=hash_,
+        requested_at=now,
+        expires_at=now + timedelta(hours=1),
+    )
+    decision = Decision(
+        outcome="approve",
+        approver=approver,
+        channel=channel,
+        decided_at=now,
+        evidence_hash=hash_,
+        run_id=str(run.id),
+        candidate=candidate,
+    )
+    _write_input(run.id, REQUEST_KEY + hash_, request)
+    _write_input(run.id, DECISION_KEY + hash_, seal_decision(project, decision))
+    return str(run.id), hash_

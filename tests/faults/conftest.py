@@ -31,6 +31,15 @@ class Rig:
     worker: subprocess.Popen
 
 
+def request_hash(project, run_id: str) -> str:
+    """The evidence hash of the approval request stored with a paused retrain."""
+    from tasks.approval import recorded_decision
+
+    request, _ = recorded_decision(project, run_id)
+    assert request is not None, f"run {run_id} holds no approval request"
+    return request.evidence_hash
+
+
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.3):
     """Poll until `predicate` is truthy; fail naming `what` after `timeout` seconds."""
     end = time.monotonic() + timeout

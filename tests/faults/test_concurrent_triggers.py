@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.faults.conftest import flow_run, wait_until
+from tests.faults.conftest import flow_run, request_hash, wait_until
 from tests.support import BIN, tool_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -82,6 +82,7 @@ def test_ten_triggers_at_once_run_one_retrain(retrain_rig):
     assert state.is_cancelled() and f"another retrain is open: {created[0].name}" in state.message
     assert flow_run(run_id).state.is_paused()  # the first one is untouched
 
-    result = submit_decision(project, run_id, "reject", "alice", "cli", "test: burst done")
+    why, hash_ = "test: burst done", request_hash(project, run_id)
+    result = submit_decision(project, run_id, "reject", "alice", "cli", why, hash_)
     assert result.status == "recorded", result.message
     wait_until(lambda: flow_run(run_id).state.is_completed(), 60, "the retrain finishing")

@@ -128,7 +128,9 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
             with get_client(sync_client=True) as client:
                 assert client.read_flow_run(run.run_id).state.is_paused()
 
-        result = submit_decision(project, run.run_id, "approve", "alice", "cli", "after restarts")
+        result = submit_decision(
+            project, run.run_id, "approve", "alice", "cli", "after restarts", run.hash
+        )
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=120)
         assert (outcome["outcome"], outcome["approver"]) == ("approve", "alice")
@@ -180,7 +182,9 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
         server.stop()
         server.start()
         assert back.wait(30), "the waiting flow did not notice the restart"
-        result = approval.submit_decision(project, run.run_id, "reject", "alice", "cli", "no")
+        result = approval.submit_decision(
+            project, run.run_id, "reject", "alice", "cli", "no", run.hash
+        )
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=60)
         assert (outcome["outcome"], outcome["comment"]) == ("reject", "no")
@@ -215,7 +219,7 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
         restart.join(150)  # the server is up again
         run.request = run.wait_pending(60)
         assert len(set(keys)) == 2, keys  # the first pause failed, the second one waits
-        result = submit_decision(project, run.run_id, "approve", "alice", "cli")
+        result = submit_decision(project, run.run_id, "approve", "alice", "cli", "", run.hash)
         assert result.status == "recorded", result.message
         assert run.result(timeout=60)["outcome"] == "approve"
     finally:

@@ -81,7 +81,17 @@ def test_slack_unreachable_a_paused_retrain_is_approved_by_cli(stub, project, mo
     cli.command("approve")(approve)
     cli.command("noop")(lambda: None)
     done = CliRunner().invoke(
-        cli, ["approve", run.run_id, "--as", "alice", "--config", str(project.path)]
+        cli,
+        [
+            "approve",
+            run.run_id,
+            "--evidence",
+            run.hash,
+            "--as",
+            "alice",
+            "--config",
+            str(project.path),
+        ],
     )
     assert done.exit_code == 0, done.output
     outcome = run.result()
@@ -94,7 +104,7 @@ def test_slack_failing_a_paused_retrain_is_approved_from_the_ui(
 ):
     for _ in range(200):  # every Slack call in this test answers 503
         slack.fail_next(503)
-    run = stub()
+    run = stub(approvers=("alice", "ui:prefect-ui"))
     # what the Prefect UI's resume form posts; like Prefect's own clients it retries a 503,
     # the server's answer when SQLite is busy with the paused run's polling
     for _ in range(10):
@@ -106,7 +116,6 @@ def test_slack_failing_a_paused_retrain_is_approved_from_the_ui(
                     "approver": "alice",
                     "comment": "from the UI",
                     "evidence_hash": run.hash,
-                    "channel": "ui",
                 }
             },
             timeout=30,
@@ -116,5 +125,10 @@ def test_slack_failing_a_paused_retrain_is_approved_from_the_ui(
         time.sleep(1)
     assert answer.status_code == 201 and answer.json()["status"] == "ACCEPT", answer.text
     outcome = run.result()
-    assert (outcome["outcome"], outcome["channel"]) == ("approve", "ui")
+    assert (outcome["outcome"], outcome["channel"], outcome["approver"]) == (
+        "approve",
+        "ui",
+        "prefect-ui",
+    )
+    assert outcome["comment"] == "from the UI (typed name: alice)"
     assert not [c for c in slack.calls if c.method == "chat.postMessage" and c.body.get("ok")]

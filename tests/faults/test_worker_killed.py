@@ -15,6 +15,7 @@ from tests.faults.conftest import (
     flow_pids,
     flow_run,
     kill_tree,
+    request_hash,
     task_states,
     wait_until,
 )
@@ -89,7 +90,15 @@ def test_after_the_kills_the_next_trigger_runs_to_a_decision(retrain_rig):
     project = retrain_rig.project
     run_id = start_retrain.fn(project, "test: after the kills", {})
     wait_until(lambda: flow_run(run_id).state.is_paused(), 300, "the retrain asking for approval")
-    result = submit_decision(project, run_id, "reject", "alice", "cli", "test: after the kills")
+    result = submit_decision(
+        project,
+        run_id,
+        "reject",
+        "alice",
+        "cli",
+        "test: after the kills",
+        request_hash(project, run_id),
+    )
     assert result.status == "recorded", result.message
     wait_until(lambda: flow_run(run_id).state.is_completed(), 60, "the retrain finishing")
     assert read_serving(project).bento == retrain_rig.serving_bento

@@ -162,7 +162,17 @@ def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, p
     post_clicks(app_url, [form_body(click(run.button_value))])
     assert run.result()["channel"] == "slack"
     late = runner.invoke(
-        cli, ["approve", run.run_id, "--as", "alice", "--config", str(project.path)]
+        cli,
+        [
+            "approve",
+            run.run_id,
+            "--evidence",
+            run.hash,
+            "--as",
+            "alice",
+            "--config",
+            str(project.path),
+        ],
     )
     assert late.exit_code == 1
     assert "already approved by alice via slack at " in late.output
@@ -171,14 +181,45 @@ def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, p
 def test_cli_decides_a_request_and_reject_needs_a_reason(stub, project):
     run = stub()
     no_reason = runner.invoke(
-        cli, ["reject", run.run_id, "-m", " ", "--as", "alice", "--config", str(project.path)]
+        cli,
+        [
+            "reject",
+            run.run_id,
+            "--evidence",
+            run.hash,
+            "-m",
+            " ",
+            "--as",
+            "alice",
+            "--config",
+            str(project.path),
+        ],
     )
     assert no_reason.exit_code == 2
     stranger = runner.invoke(
-        cli, ["approve", run.run_id, "--as", "mallory", "--config", str(project.path)]
+        cli,
+        [
+            "approve",
+            run.run_id,
+            "--evidence",
+            run.hash,
+            "--as",
+            "mallory",
+            "--config",
+            str(project.path),
+        ],
     )
     assert stranger.exit_code == 1 and "allow-list" in stranger.output
-    args = ["reject", run.run_id, "-m", "worse on weekends", "--as", "alice"]
+    args = [
+        "reject",
+        run.run_id,
+        "--evidence",
+        run.hash,
+        "-m",
+        "worse on weekends",
+        "--as",
+        "alice",
+    ]
     done = runner.invoke(cli, [*args, "--config", str(project.path)])
     assert done.exit_code == 0, done.output
     assert "rejected by alice via cli" in done.output

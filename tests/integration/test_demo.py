@@ -5,6 +5,7 @@ the error lower afterwards, and nothing left running."""
 from __future__ import annotations
 
 import re
+from getpass import getuser
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_demo_tells_the_whole_story(tmp_path):
     root = copy_project(tmp_path)
     edit_config(root, free_endpoints)
-    out = driftloop(root, "demo", "--approve-as", "ci-approver", timeout=1200).stdout
+    out = driftloop(root, "demo", "--approve", timeout=1200).stdout
     flat = re.sub(r"\s+", " ", out)
 
     # drift detected and the policy's retrain triggered on the second bad month
@@ -29,7 +30,7 @@ def test_demo_tells_the_whole_story(tmp_path):
         re.search(r"gate rmse: champion ([\d.]+) -> candidate ([\d.]+) \(pass\)", flat).groups(),
     )
     assert candidate < champion
-    assert "decision: approved by ci-approver via cli" in flat
+    assert f"decision: approved by {getuser()} via cli" in flat
     # zero failed requests while the candidate rolled forward under live traffic
     sent, failed = map(
         int, re.search(r"(\d+) requests during the roll-forward, (\d+) failed", flat).groups()
@@ -44,6 +45,6 @@ def test_demo_tells_the_whole_story(tmp_path):
     )
     assert new < old
     # lineage names the retrain run and the approver; the stack is gone
-    assert "approved by ci-approver at " in re.sub(r"[│┃ ]+", " ", out)
+    assert f"approved by cli:{getuser()} at " in re.sub(r"[│┃ ]+", " ", out)
     assert "stack stopped" in flat
     assert not supervisor_running(root)

@@ -240,7 +240,8 @@ def test_binary_model_closes_the_loop(loop_project):
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", idle_port))
         squatter.listen()
-        driftloop(root, "approve", run_id, "-m", "the label meaning changed")
+        evidence = request["evidence_hash"]
+        driftloop(root, "approve", run_id, "--evidence", evidence, "-m", "the labels flipped")
         failed = wait_for_attempt(root, "failed")
     assert failed["stage"] == "start" and str(idle_port) in failed["reason"]
     assert json.loads(driftloop(root, "lineage", "--json").stdout)["bento"] == first
@@ -253,6 +254,7 @@ def test_binary_model_closes_the_loop(loop_project):
     assert lineage["model_tag"] == candidate
     assert lineage["lineage"]["data_rev"] == request["evidence"]["data_rev"]
     assert lineage["lineage"]["approver"] == getpass.getuser()
+    assert lineage["lineage"]["approval_channel"] == "cli"
     assert lineage["lineage"]["retrain_run"] == run_id
     shown = driftloop(root, "lineage").stdout
     assert candidate.split(":")[0] in shown and getpass.getuser() in shown

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 from bench.load import Requests, finish, start_load
+from tests.fakes.approval_stub import record_approval
 from tests.fakes.slack_api import FakeSlack
 from tests.integration.test_stack import free_endpoints, up
 from tests.support import BIN, copy_project, driftloop, edit_config, sh, tool_env
@@ -134,15 +136,14 @@ def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_
     monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
     monkeypatch.setenv("SLACK_API_URL", slack.url)
     before = read_serving(project)
+    run_id, hash_ = record_approval(project, before.model_tag, "alice")
 
     load = traffic(project, tmp_path)
     try:
         bento = promote(
             candidate=before.model_tag,
-            retrain_run="3f1c-retrain-run",
-            approver="alice",
-            approved_at="2026-11-23T10:00:00+00:00",
-            evidence_hash="e" * 64,
+            retrain_run=run_id,
+            evidence_hash=hash_,
             config=str(project.path),
         )
     finally:
@@ -159,16 +160,18 @@ def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_
     shown = json.loads(driftloop(project.root, "lineage", "--json").stdout)
     meta = json.loads((project.root / "artifacts/model/meta.json").read_text())["lineage"]
     sh(["git", "cat-file", "-e", meta["git_commit"]], project.root)  # a commit of this repo
+    approved_at = shown["lineage"].pop("approved_at")
     assert shown["lineage"] == {
         "bento": bento,
         "model_tag": before.model_tag,
         "data_rev": meta["data_rev"],
         "git_commit": meta["git_commit"],
-        "retrain_run": "3f1c-retrain-run",
+        "retrain_run": run_id,
         "approver": "alice",
-        "approved_at": "2026-11-23T10:00:00+00:00",
-        "evidence_hash": "e" * 64,
+        "approval_channel": "cli",
+        "evidence_hash": hash_,
     }
+    assert approved_at.startswith(datetime.now(UTC).strftime("%Y-%m-%d"))
 
     # rollback: the previous release again, through the same checks, under load
     load = traffic(project, tmp_path)
@@ -233,7 +236,13 @@ def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
     load = traffic(project, tmp_path, rows=2)
     try:
         with pytest.raises(Exception, match="5xx"):
-            promote(candidate=before.model_tag, approver="bob", config=str(project.path))
+            run_id, hash_ = record_approval(project, before.model_tag, "bob")
+            promote(
+                candidate=before.model_tag,
+                retrain_run=run_id,
+                evidence_hash=hash_,
+                config=str(project.path),
+            )
     finally:
         requests = stop_traffic(load, tmp_path)
         slack.stop()
@@ -282,9 +291,11 @@ def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server,
 def promote_process(project, candidate: str, approver: str) -> subprocess.Popen:
     """The promote flow in a process of its own (its own group, so it can be killed whole),
     reporting to the test's Prefect server; its log comes back on stdout."""
+    run_id, hash_ = record_approval(project, candidate, approver)
     code = (
         "from flows.promote import promote; "
-        f"promote(candidate={candidate!r}, approver={approver!r}, config={str(project.path)!r})"
+        f"promote(candidate={candidate!r}, retrain_run={run_id!r}, evidence_hash={hash_!r}, "
+        f"config={str(project.path)!r})"
     )
     return subprocess.Popen(
         [sys.executable, "-u", "-c", code],

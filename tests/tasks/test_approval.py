@@ -66,9 +66,10 @@ def test_resume_form_requires_an_explicit_decision_and_shows_the_evidence(stub):
     run = stub()
     keyset = state_of(run.run_id).state_details.run_input_keyset
     schema = read_flow_run_input(keyset["schema"], flow_run_id=run.run_id)
-    assert "decision" in schema["required"] and "approver" in schema["required"]
+    assert {"decision", "evidence_hash"} <= set(schema["required"])
     assert "default" not in schema["properties"]["decision"]
-    assert schema["properties"]["evidence_hash"]["default"] == run.hash  # prefilled in the form
+    assert "default" not in schema["properties"]["evidence_hash"]  # copied from the evidence
+    assert "channel" not in schema["properties"]  # the transport's to say, never the form's
     description = read_flow_run_input(keyset["description"], flow_run_id=run.run_id)
     for shown in (run.request.evidence.candidate, "rmse", "61.2", "48.1", "1a2b3c4", run.hash):
         assert shown in description
@@ -92,7 +93,9 @@ def test_cli_decision_is_recorded_with_the_run_the_audit_log_and_the_card(stub, 
     assert card["blocks"][-1]["elements"][0]["value"] == run.button_value
     assert "confirm" in card["blocks"][-1]["elements"][1]
 
-    result = submit_decision(project, run.run_id, "approve", "alice", "cli", "looks better")
+    result = submit_decision(
+        project, run.run_id, "approve", "alice", "cli", "looks better", run.hash
+    )
     assert result.recorded, result.message
     assert result.message.startswith("approved by alice via cli at ")
     outcome = run.result()
@@ -116,14 +119,14 @@ def test_stale_evidence_and_strangers_are_refused_and_the_run_keeps_waiting(stub
     run = stub()
     stale = submit_decision(project, run.run_id, "approve", "alice", "cli", evidence_hash="0" * 16)
     assert stale.status == "refused" and "stale evidence" in stale.message
-    stranger = submit_decision(project, run.run_id, "approve", "mallory", "cli")
+    stranger = submit_decision(project, run.run_id, "approve", "mallory", "cli", "", run.hash)
     assert stranger.status == "refused" and "not on the approver allow-list" in stranger.message
     assert state_of(run.run_id).is_paused()
     refusals = [e for e in read_audit(project, run.run_id) if e.event == "refusal"]
     assert [(e.approver, e.channel) for e in refusals] == [("alice", "cli"), ("mallory", "cli")]
     assert not [e for e in read_audit(project, run.run_id) if e.event == "decision"]
 
-    assert submit_decision(project, run.run_id, "reject", "alice", "cli", "no").recorded
+    assert submit_decision(project, run.run_id, "reject", "alice", "cli", "no", run.hash).recorded
     assert run.result()["outcome"] == "reject"
 
 
@@ -137,7 +140,7 @@ def test_timeout_expires_the_request_updates_the_card_and_later_decisions_are_to
     update = slack.card_updates()[-1]
     assert "expired" in update["text"] and "Nothing will be promoted" in json.dumps(update)
     assert not any(b["type"] == "actions" for b in update["blocks"])
-    late = submit_decision(project, run.run_id, "approve", "alice", "cli")
+    late = submit_decision(project, run.run_id, "approve", "alice", "cli", "", run.hash)
     assert late.status == "already_decided"
     assert late.message.startswith("already expired at ")
     (logged,) = [e for e in read_audit(project, run.run_id) if e.event == "decision"]
@@ -145,36 +148,46 @@ def test_timeout_expires_the_request_updates_the_card_and_later_decisions_are_to
 
 
 def test_ui_resume_is_checked_by_the_flow_refused_in_the_thread_then_decided(stub, slack, project):
-    run = stub()
-    with get_client(sync_client=True) as client:  # the UI posts the form's values as run_input
-        answer = client.resume_flow_run(
-            run.run_id, run_input={"decision": "approve", "approver": "mallory"}
-        )
-    assert answer.status == SetStateStatus.ACCEPT
+    run = stub(approvers=("cli:alice",))
+
+    def resume(**run_input):
+        with get_client(sync_client=True) as client:  # what the UI posts as run_input
+            return client.resume_flow_run(run.run_id, run_input=run_input)
+
+    # no evidence hash: the server's schema refuses it, the run stays paused
+    assert resume(decision="approve", approver="alice").status == SetStateStatus.REJECT
+    # the form has no channel to claim: the server's schema refuses one
+    claimed = resume(decision="approve", approver="alice", evidence_hash=run.hash, channel="cli")
+    assert claimed.status == SetStateStatus.REJECT
+    # a typed name proves nothing: it is the UI's identity, which is not allowed here
+    typed = resume(decision="approve", approver="alice", evidence_hash=run.hash)
+    assert typed.status == SetStateStatus.ACCEPT
     assert wait_until(lambda: state_of(run.run_id).is_paused()), "the flow did not pause again"
     (refusal,) = [e for e in read_audit(project, run.run_id) if e.event == "refusal"]
-    assert (refusal.approver, refusal.channel) == ("mallory", "ui")
+    assert (refusal.approver, refusal.channel) == ("prefect-ui", "ui")
+    assert "not on the approver allow-list" in refusal.reason
     replies = [m for m in slack.posted() if m.get("thread_ts") == CARD_TS]
-    assert replies and "mallory" in replies[-1]["text"]
+    assert replies and "ui:prefect-ui" in replies[-1]["text"]
+    # a seal made up without the key is refused as forged
+    forged = json.dumps({"channel": "cli", "sig": "0" * 64})
+    assert (
+        resume(decision="approve", approver="alice", evidence_hash=run.hash, seal=forged).status
+        == SetStateStatus.ACCEPT
+    )
+    assert wait_until(
+        lambda: len([e for e in read_audit(project, run.run_id) if e.event == "refusal"]) == 2
+    )
+    assert "forged" in read_audit(project, run.run_id)[-1].reason
+    assert wait_until(lambda: state_of(run.run_id).is_paused())
 
-    with get_client(sync_client=True) as client:
-        answer = client.resume_flow_run(
-            run.run_id,
-            run_input={
-                "decision": "reject",
-                "approver": "alice",
-                "comment": "not before the holidays",
-                "evidence_hash": run.hash,
-            },
-        )
-    assert answer.status == SetStateStatus.ACCEPT
+    done = submit_decision(project, run.run_id, "reject", "alice", "cli", "holidays", run.hash)
+    assert done.recorded, done.message
     outcome = run.result()
     assert (outcome["outcome"], outcome["approver"], outcome["channel"]) == (
         "reject",
         "alice",
-        "ui",
+        "cli",
     )
-    assert outcome["comment"] == "not before the holidays"
 
 
 def test_approve_and_reject_10ms_apart_one_wins_and_the_other_is_told(stub, project):
@@ -184,7 +197,7 @@ def test_approve_and_reject_10ms_apart_one_wins_and_the_other_is_told(stub, proj
         async def later(decision, who, delay):
             await asyncio.sleep(delay)
             return await asyncio.wait_for(
-                asubmit_decision(project, run.run_id, decision, who, "cli", "race"), 30
+                asubmit_decision(project, run.run_id, decision, who, "cli", "race", run.hash), 30
             )
 
         return await asyncio.gather(later("approve", "ann", 0), later("reject", "ben", 0.01))
@@ -204,7 +217,7 @@ def test_pending_lists_waiting_requests_with_evidence_age_and_link(stub, project
     assert mine.url == f"{project.config.endpoints.prefect}/runs/flow-run/{run.run_id}"
     assert mine.evidence.candidate == run.candidate and mine.evidence_hash == run.hash
     assert 0 <= mine.age_seconds < 60 and mine.approvers == ["alice"]
-    assert submit_decision(project, run.run_id, "approve", "alice", "cli").recorded
+    assert submit_decision(project, run.run_id, "approve", "alice", "cli", "", run.hash).recorded
     run.result()
     assert all(p.run_id != run.run_id for p in pending_requests(project))
 
