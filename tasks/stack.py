@@ -66,12 +66,57 @@ def log_dir(project: Project) -> Path:
     return project.state_dir / "logs"
 
 
+AUTH_ENV = "PREFECT_API_AUTH_STRING"
+
+
+def prefect_auth_file(project: Project) -> Path:
+    return project.state_dir / "prefect-auth"
+
+
+def prefect_auth(project: Project) -> str:
+    """The Prefect server's auth string: PREFECT_API_AUTH_STRING from the environment, else one
+    generated once into `.driftloop/prefect-auth` (mode 0600), `driftloop:<random>`."""
+    import os
+    import secrets
+
+    if os.environ.get(AUTH_ENV):
+        return os.environ[AUTH_ENV]
+    path = prefect_auth_file(project)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # O_EXCL: processes racing to create it agree on the first one's string
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(f"driftloop:{secrets.token_urlsafe(24)}")
+    return path.read_text().strip()
+
+
+def prefect_server_env(project: Project) -> dict[str, str]:
+    """The server's own protection: the auth string, CSRF tokens, CORS for its own UI only."""
+    return {
+        "PREFECT_SERVER_API_AUTH_STRING": prefect_auth(project),
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": project.config.endpoints.prefect,
+    }
+
+
+EPHEMERAL_ENV = "PREFECT_SERVER_EPHEMERAL_ENABLED"  # alias: ..._ALLOW_EPHEMERAL_MODE
+
+
 def prefect_env(project: Project) -> dict[str, str]:
-    """Prefect settings for every process of the loop: this server, SQLite under .driftloop/."""
+    """Prefect settings for every process of the loop: this server, SQLite under .driftloop/,
+    and the server's auth string (every client sends it)."""
     return {
         "PREFECT_HOME": str(project.state_dir / "prefect"),
         "PREFECT_API_URL": project.config.endpoints.prefect + "/api",
+        AUTH_ENV: prefect_auth(project),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # never a temporary server of Prefect's own (its default profile allows one): a client
+        # without this server fails at once instead of starting runs nothing will ever run
+        EPHEMERAL_ENV: "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "driftloop",  # notices logged without Slack show in runs
         "PREFECT_UI_API_URL": project.config.endpoints.prefect + "/api",
         "DO_NOT_TRACK": "1",
@@ -99,7 +144,7 @@ def services(project: Project) -> list[Service]:
                 str(prefect_url.port),
                 "--analytics-off",
             ],
-            env=prefect_env(project),
+            env={**prefect_env(project), **prefect_server_env(project)},
             binary=bin_path("prefect"),
         ),
         Service(

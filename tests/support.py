@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,3 +76,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def prefect_auth(root: Path) -> tuple[str, str]:
+    """The basic-auth pair of a project copy's Prefect server (`driftloop up` generated it)."""
+    user, _, password = (root / ".driftloop" / "prefect-auth").read_text().strip().partition(":")
+    return user, password
+
+
+def prefect_post(url: str, path: str, body: dict, auth: tuple[str, str] | None) -> httpx.Response:
+    """POST to a Prefect API as its own clients do: basic auth, then a CSRF token for a client
+    id (the server refuses state-changing requests without one)."""
+    client_id = "driftloop-tests"
+    token = httpx.get(f"{url}/api/csrf-token", params={"client": client_id}, auth=auth, timeout=10)
+    headers = {}
+    if token.status_code == 200:
+        headers = {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client_id}
+    return httpx.post(f"{url}{path}", json=body, auth=auth, headers=headers, timeout=30)

