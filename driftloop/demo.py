@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from config.loader import Project
@@ -60,6 +62,10 @@ def run_demo(
     console.print(
         f"Prefect UI {ep.prefect}   Prometheus {ep.prometheus}/alerts   "
         f"Alertmanager {ep.alertmanager}   reports {ep.reports}"
+    )
+    console.print(
+        f"the Prefect UI asks for the auth string in {stack.prefect_auth_file(project)}",
+        highlight=False,
     )
     try:
         step("2. the first model learns winter: training data under DVC, `dvc repro`")
@@ -329,7 +335,8 @@ def _quality(project: Project, outcome: dict) -> str:
     return f"{metric} {value:.4g}" if value is not None else f"{metric} - (too few labels)"
 
 
-def render_windows(rows: list[WindowRow]) -> None:
+def render_windows(rows: list[WindowRow], out: Console = console) -> None:
+    """Fits 80 columns: bentos show by their model's short version, the full tags below."""
     table = Table(
         "window",
         "rows",
@@ -338,9 +345,32 @@ def render_windows(rows: list[WindowRow]) -> None:
         "served by",
         "policy",
         title="what the monitor saw",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
     )
+    legend: dict[str, str] = {}
     for r in rows:
         share = "-" if r.drift_share is None else f"{r.drift_share:.0%}"
         policy = r.policy.split(":")[0].split(";")[0].split(" (")[0]
-        table.add_row(r.month, str(r.rows), share, r.quality, r.served_by, policy)
-    console.print(table)
+        table.add_row(r.month, str(r.rows), share, r.quality, _served(r, legend), policy)
+    out.print(table)
+    for short, tag in legend.items():
+        out.print(f"  {short}: {tag}", highlight=False, soft_wrap=True)
+
+
+def _served(row: WindowRow, legend: dict[str, str]) -> str:
+    """'ab12cd34 -> ef56gh78' for the row; each full tag goes into `legend`."""
+    shorts = []
+    for tag in row.served_by.split(" -> "):
+        if tag not in ("", "-"):
+            legend[short_tag(tag)] = tag
+            shorts.append(short_tag(tag))
+    return " -> ".join(shorts) or "-"
+
+
+def short_tag(tag: str) -> str:
+    """'bikeshare:20261202-141233-ab12cd34' -> 'ab12cd34': a bento version ends with the
+    version of the model it serves (tasks.package.release_version)."""
+    version = tag.split(":", 1)[-1]
+    return version.rsplit("-", 1)[-1] or version
