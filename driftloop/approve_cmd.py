@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import getpass
 import json
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
-from driftloop.console import ConfigOption, console, err_console, project, use_prefect
+from driftloop.console import (
+    ConfigOption,
+    console,
+    err_console,
+    key_values,
+    project,
+    use_prefect,
+)
+from driftloop.preflight import require
+
+if TYPE_CHECKING:
+    from tasks.approval import GateRow, PendingRequest
 
 RunArgument = Annotated[
     str, typer.Argument(help="Flow run id of the paused request (see `driftloop pending`).")
@@ -71,6 +83,7 @@ def _decide(
     config,
 ) -> None:
     proj = project(config)
+    require(proj, "prefect")
     use_prefect(proj)
     import httpx
 
@@ -119,6 +132,7 @@ def pending(
 ) -> None:
     """List approval requests waiting for a decision, with their evidence and links."""
     proj = project(config)
+    require(proj, "prefect")
     use_prefect(proj)
     import httpx
 
@@ -135,33 +149,44 @@ def pending(
     if not requests:
         console.print("no approval requests are waiting")
         return
-    table = Table(title="waiting for a decision")
-    table.add_column("run", no_wrap=True)
-    for column in ("candidate", "why", "gate", "evidence", "age", "expires"):
-        table.add_column(column, overflow="fold")
+    render_pending(requests)
+
+
+def render_pending(requests: list[PendingRequest], out: Console = console) -> None:
+    """A card per request: a table of seven columns wraps every cell to nothing at 80 columns,
+    while key: value lines keep the run id and the evidence hash whole, ready to copy."""
+    out.print(f"{len(requests)} waiting for a decision", highlight=False)
     for r in requests:
-        ev = r.evidence
-        gate = ", ".join(
-            f"{g.metric} {g.champion if g.champion is not None else '-'}"
-            f"->{g.candidate if g.candidate is not None else '-'}{'' if g.passed else ' FAIL'}"
-            for g in ev.gate
-        )
-        table.add_row(
-            r.run_id,
-            f"{ev.candidate}\n(data {ev.data_rev})",
-            ev.reason,
-            gate or "-",
-            r.evidence_hash,
-            _age(r.age_seconds),
-            r.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
-        )
-    console.print(table)
-    for r in requests:
-        console.print(f"{r.run_id}: {r.url}", highlight=False, soft_wrap=True)
-    console.print(
-        "decide with: driftloop approve RUN --evidence HASH [-m TEXT] | "
-        "driftloop reject RUN --evidence HASH -m TEXT"
-    )
+        out.print()
+        out.print(_card(r))
+        out.print(f"  {r.url}", highlight=False, soft_wrap=True)  # a link stays one piece
+    out.print()
+    out.print("decide with: driftloop approve RUN --evidence HASH [-m TEXT]", highlight=False)
+    out.print("         or: driftloop reject RUN --evidence HASH -m TEXT", highlight=False)
+
+
+def _card(r: PendingRequest) -> Table:
+    ev = r.evidence
+    expires = r.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        ("run", f"{r.run_id} ({r.run_name})"),
+        ("candidate", ev.candidate),
+        ("data rev", ev.data_rev),
+        ("why", ev.reason),
+        ("gate", "\n".join(_gate(g) for g in ev.gate) or "-"),
+        ("evidence", r.evidence_hash),
+        ("age", f"{_age(r.age_seconds)}, expires {expires}"),
+    ]
+    return key_values(rows)
+
+
+def _gate(g: GateRow) -> str:
+    """E.g. 'rmse 61.2 -> 48.1 pass', four significant digits."""
+    return f"{g.metric} {_num(g.champion)} -> {_num(g.candidate)} {'pass' if g.passed else 'FAIL'}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _age(seconds: float) -> str:

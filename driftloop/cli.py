@@ -6,13 +6,17 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
+from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.check_cmd import check
-from driftloop.console import ConfigOption, console, failures, project
+from driftloop.console import ConfigOption, console, failures, key_values, project
+from driftloop.preflight import require
 from driftloop.release_cmd import promote as promote_candidate
 from driftloop.release_cmd import release, serve
 from driftloop.slack_app import slack
@@ -119,23 +123,26 @@ def lineage_chain(release) -> dict[str, str]:
     }
 
 
-def render_lineage(release) -> None:
+def render_lineage(release, out: Console = console) -> None:
+    """Key: value lines with short keys, so a 64-character hash stays whole at 80 columns."""
     labels = release.labels
-    table = Table(title="what is serving", show_header=False)
-    table.add_row("endpoint", release.url)
-    table.add_row("bento", release.bento)
-    table.add_row("model", release.model_tag)
-    table.add_row("data rev (DVC md5)", labels.get("data_rev", "?"))
     dirty = " (uncommitted changes)" if labels.get("git_dirty") == "true" else ""
-    table.add_row("git commit", labels.get("git_commit", "?") + dirty)
-    table.add_row("params hash", labels.get("params_hash", "?"))
-    table.add_row("retrain run", labels.get("retrain_run") or "- (built by hand)")
-    table.add_row("approved by", approval_text(release))
-    table.add_row("evidence hash", labels.get("evidence_hash") or "-")
+    rows = [
+        ("endpoint", release.url),
+        ("bento", release.bento),
+        ("model", release.model_tag),
+        ("data rev", f"{labels.get('data_rev', '?')} (DVC md5)"),
+        ("git commit", labels.get("git_commit", "?") + dirty),
+        ("params hash", labels.get("params_hash", "?")),
+        ("retrain run", labels.get("retrain_run") or "- (built by hand)"),
+        ("approved by", approval_text(release)),
+        ("evidence hash", labels.get("evidence_hash") or "-"),
+    ]
     if labels.get("image"):
-        table.add_row("image", labels["image"])
-    table.add_row("serving since", release.started_at)
-    console.print(table)
+        rows.append(("image", labels["image"]))
+    rows.append(("serving since", release.started_at))
+    out.print("[bold]what is serving[/]")
+    out.print(key_values(rows, sep=""))  # "approved by  cli:alice", as it always read
 
 
 def approval_text(release) -> str:
@@ -182,6 +189,7 @@ def monitor(
 ) -> None:
     """Run the monitor flow now on a window of captured traffic (the scheduled run, on demand)."""
     proj = project(config)
+    require(proj, "prefect", "pushgateway")
     from flows.monitor import monitor as monitor_flow
 
     with failures():
@@ -230,6 +238,7 @@ def replay(
     from tasks.traffic import replay as send
 
     proj = project(config)
+    require(proj, "serving", url=url)
     serving = proj.config.serving
     url = url or f"http://{serving.host}:{serving.port}"
     with failures():
@@ -287,9 +296,10 @@ def retrain(
     config: ConfigOption = None,
 ) -> None:
     """Start the `retrain` deployment (one at a time per model), or show what it would do."""
-    from tasks.retrain_plan import plan_retrain
-
     proj = project(config)
+    require(proj, "prefect")
+    from tasks.retrain_plan import plan_retrain  # imports Prefect: only after project()
+
     with failures():
         plan = plan_retrain(proj, reason)
     for line in plan.lines:
@@ -382,19 +392,34 @@ def status(config: ConfigOption = None) -> None:
         raise typer.Exit(3)
 
 
-def render_status(rows) -> None:
-    table = Table("service", "url", "state", "pid", "uptime", "health")
+def render_status(rows, out: Console = console) -> None:
+    """Fits 80 columns: the table names each service's host:port, and a link with a path (the
+    worker's page in the Prefect UI) follows in full below it."""
+    table = Table(
+        "service",
+        "address",
+        "state",
+        "pid",
+        "uptime",
+        "health",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )
     for row in rows:
         colour = "green" if row.healthy else "red"
         table.add_row(
             row.name,
-            row.url,
+            urlsplit(row.url).netloc or row.url,
             f"[{colour}]{row.state}[/]",
             str(row.pid or "-"),
             row.uptime or "-",
             f"[{colour}]{'ok' if row.healthy else 'down'}[/]",
         )
-    console.print(table)
+    out.print(table)
+    for row in rows:
+        if urlsplit(row.url).path.strip("/"):
+            out.print(f"{row.name}: {row.url}", highlight=False, soft_wrap=True)
 
 
 @app.command("demo")

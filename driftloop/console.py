@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from config.loader import ENV_VAR, ConfigError, Project, load_project
 from tasks.commands import CommandError
@@ -26,6 +28,17 @@ ConfigOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def key_values(rows: Iterable[tuple[str, str]], sep: str = ":") -> Table:
+    """'key: value' lines, values aligned: they read at 80 columns where a bordered table of
+    long ids squeezes every cell; a value folds only when it is longer than the line."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, style="bold")
+    grid.add_column(overflow="fold")
+    for key, value in rows:
+        grid.add_row(key + sep, Text(value))  # Text: brackets in a value are not markup
+    return grid
 
 
 @contextmanager
@@ -52,11 +65,17 @@ def project(config: Path | None) -> Project:
 def use_prefect(proj: Project) -> None:
     """Point this process at the stack's Prefect server (unless PREFECT_API_URL is set).
 
-    Must run before Prefect is imported: its settings are read at import.
+    Must run before Prefect is imported: its settings are read at import. Ephemeral mode is
+    off even against an exported setting: a driftloop command never starts a server of its own.
     """
     import os
 
     from tasks.stack import prefect_env
 
-    for key, value in prefect_env(proj).items():
+    env = prefect_env(proj)
+    for key, value in env.items():
         os.environ.setdefault(key, value)
+    os.environ[EPHEMERAL] = env[EPHEMERAL]
+
+
+EPHEMERAL = "PREFECT_SERVER_EPHEMERAL_ENABLED"

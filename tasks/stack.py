@@ -103,9 +103,6 @@ def prefect_server_env(project: Project) -> dict[str, str]:
     }
 
 
-EPHEMERAL_ENV = "PREFECT_SERVER_EPHEMERAL_ENABLED"  # alias: ..._ALLOW_EPHEMERAL_MODE
-
-
 def prefect_env(project: Project) -> dict[str, str]:
     """Prefect settings for every process of the loop: this server, SQLite under .driftloop/,
     and the server's auth string (every client sends it)."""
@@ -114,9 +111,9 @@ def prefect_env(project: Project) -> dict[str, str]:
         "PREFECT_API_URL": project.config.endpoints.prefect + "/api",
         AUTH_ENV: prefect_auth(project),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # never a temporary server of Prefect's own (its default profile allows one): a client
-        # without this server fails at once instead of starting runs nothing will ever run
-        EPHEMERAL_ENV: "false",
+        # no temporary server of Prefect's own (its default profile allows one; older name
+        # PREFECT_SERVER_ALLOW_EPHEMERAL_MODE): a client without this server fails at once
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
         "PREFECT_LOGGING_EXTRA_LOGGERS": "driftloop",  # notices logged without Slack show in runs
         "PREFECT_UI_API_URL": project.config.endpoints.prefect + "/api",
         "DO_NOT_TRACK": "1",
