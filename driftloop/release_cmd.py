@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from driftloop.console import ConfigOption, console, err_console, failures, project
+from driftloop.preflight import require
 
 BentoArgument = Annotated[str, typer.Argument(help="Exact bento tag NAME:VERSION.")]
 
@@ -28,6 +29,7 @@ def release(bento: BentoArgument, config: ConfigOption = None) -> None:
 
     proj = project(config)
     _require_stack(proj)
+    require(proj, "nginx")
     who = getpass.getuser()
     with failures(), console.status(f"releasing {bento} ...") as status:
         info = bento_info(proj, bento)
@@ -65,6 +67,7 @@ def promote(run_id: RunArgument, config: ConfigOption = None) -> None:
     from tasks.promotion import PromotionRefused, approved_candidate
 
     proj = project(config)
+    require(proj, "prefect")
     try:
         approved = approved_candidate(proj, run_id)
     except PromotionRefused as exc:
