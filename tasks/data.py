@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from dataclasses import dataclass
@@ -33,9 +34,13 @@ def ensure_data(project: Project) -> DataState:
 
     What arrives must be the data rev its `.dvc` file records: a pull that brings other bytes
     (a corrupt cache or remote object) is removed and refused, and data recreated from the
-    source is only adopted when it is the same rev. Nothing else gets tracked silently."""
+    source is only adopted when it is the same rev. A present file that is another rev (as
+    after a `git checkout`, which does not run `dvc checkout`) is refused with nothing
+    changed. Nothing else gets tracked silently: only a file with no `.dvc` yet is added."""
     path = project.data_path
     recorded = dvc_recorded_md5(path)
+    if recorded and path.is_file():
+        _refuse_other_rev(project, recorded)
     action = "present"
     pull_error = ""
     if not path.is_file() and recorded:
@@ -44,7 +49,7 @@ def ensure_data(project: Project) -> DataState:
             action = "pulled"
             _refuse_corrupt_pull(project, recorded)
     if not path.is_file():
-        create_from_source(project)
+        _write_from_source(project)
         action = f"created (dvc pull failed: {pull_error})" if pull_error else "created"
         if recorded and file_md5(path) != recorded:
             path.unlink()
@@ -60,6 +65,41 @@ def ensure_data(project: Project) -> DataState:
 
 def _rel(project: Project) -> str:
     return str(project.data_path.relative_to(project.root))
+
+
+def _refuse_other_rev(project: Project, recorded: str) -> None:
+    """The present file must be the recorded rev; otherwise say so, and the two ways out,
+    without touching the file or its `.dvc` (the choice is the user's, not `driftloop data`'s)."""
+    actual = file_md5(project.data_path)
+    if actual == recorded:
+        return
+    rel = _rel(project)
+    if _cache_path(project, recorded).is_file() or _try_fetch(project, recorded):
+        cached = _cache_path(project, actual).is_file()
+        force, kept = ("", "still in the DVC cache") if cached else ("--force ", "not cached")
+        restore = (
+            f"`dvc checkout {force}{rel}` to restore the recorded rev (discarding the present "
+            f"bytes, {kept})"
+        )
+    else:
+        restore = (
+            f"restore the recorded rev: `dvc checkout {rel}` cannot, since rev "
+            f"{recorded[:12]} is in neither the DVC cache nor the remote; `dvc push "
+            f"{rel}.dvc` from a clone that has it, then `dvc pull --force {rel}` here"
+        )
+    raise DataRevError(
+        f"{rel} is not the data rev {rel}.dvc records (md5 {actual[:12]}, recorded "
+        f"{recorded[:12]}), as after a `git checkout` of another commit; nothing was changed. "
+        f"Either {restore}, or `dvc add {rel}` to adopt the present bytes on purpose (then "
+        f"commit {rel}.dvc); then run `driftloop data` again"
+    )
+
+
+def _try_fetch(project: Project, md5: str) -> bool:
+    """`dvc fetch` the recorded rev into the cache (the workspace is left alone); is it there?"""
+    with contextlib.suppress(CommandError):
+        run([bin_path("dvc"), "fetch", "-q", _rel(project) + ".dvc"], project.root, hint="")
+    return _cache_path(project, md5).is_file()
 
 
 def _refuse_corrupt_pull(project: Project, recorded: str) -> None:
@@ -100,6 +140,20 @@ def verify_data(project: Project) -> None:
 
 
 def create_from_source(project: Project) -> None:
+    """Write data.path from data.source and adopt it on purpose: when its `.dvc` file records
+    another rev, `dvc add` it (the demo's reset to the winter data after a retrain). A plain
+    `driftloop data` never calls this; it recreates only a missing file, and only as its rev."""
+    _write_from_source(project)
+    recorded = dvc_recorded_md5(project.data_path)
+    if recorded and file_md5(project.data_path) != recorded:
+        run(
+            [bin_path("dvc"), "add", "-q", _rel(project)],
+            project.root,
+            hint="check that the project is a DVC repo",
+        )
+
+
+def _write_from_source(project: Project) -> None:
     source = project.config.data.source
     if source is None:
         raise ConfigError(

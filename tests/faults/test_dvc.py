@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import BIN, copy_project, driftloop, tool_env
+from tests.support import BIN, copy_project, driftloop, sh, tool_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 DATA = "data/train.csv"
@@ -192,3 +193,108 @@ def test_a_missing_remote_object_is_recreated_only_when_it_is_the_same_rev(pushe
         fresh_workspace(pushed)
         driftloop(pushed, "data")
     assert md5(pushed / DATA) == digest
+
+
+# ------------------------------------------------ a checked-out commit's data rev is never replaced
+
+
+def checked_out_older_commit(root: Path) -> tuple[str, str]:
+    """Data pushed, a newer commit with one more row `dvc add`-ed, then `git checkout` of the
+    older one: git restores its .dvc file but not the data (no `dvc checkout` runs), so the
+    workspace holds the newer bytes. Returns (recorded md5, present md5)."""
+    driftloop(root, "data")
+    lines = (root / DATA).read_bytes().splitlines(True)
+    with (root / DATA).open("ab") as handle:
+        handle.write(lines[-1])
+    sh(["dvc", "add", "-q", DATA], root)
+    sh(["git", "commit", "-qm", "one more row", f"{DATA}.dvc"], root)
+    sh(["git", "checkout", "-q", "HEAD~1"], root)
+    recorded, present = recorded_md5(root), md5(root / DATA)
+    assert recorded != present
+    return recorded, present
+
+
+def committed_dvc_file(root: Path) -> bytes:
+    return sh(["git", "show", f"HEAD:{DATA}.dvc"], root).stdout.encode()
+
+
+def assert_refused_unchanged(root: Path, done, data: bytes, status: str, code: int = 1) -> str:
+    """Exit 1 (a failed step) with one message; the .dvc file as committed, the data as it was."""
+    said = done.stdout + done.stderr
+    assert done.returncode == code and "Traceback" not in said, said
+    assert "nothing was changed" in said and f"dvc add {DATA}" in said, said
+    assert (root / f"{DATA}.dvc").read_bytes() == committed_dvc_file(root)
+    assert (root / DATA).read_bytes() == data
+    assert sh(["git", "status", "--porcelain"], root).stdout == status
+    return said
+
+
+def make_data(root: Path, check: bool = False):
+    """The Makefile's `data` target in the copy, with this venv (already installed) as its own."""
+    import os
+
+    venv = os.path.relpath(BIN.parent, root)
+    return sh(["make", "-s", f"VENV={venv}", "-o", f"{venv}/.installed", "data"], root, check=check)
+
+
+def test_driftloop_data_never_rewrites_a_checked_out_data_rev(tmp_path):
+    root = copy_project(tmp_path)
+    recorded, present = checked_out_older_commit(root)
+    data = (root / DATA).read_bytes()
+    status = sh(["git", "status", "--porcelain"], root).stdout
+    assert (root / f"{DATA}.dvc").read_bytes() == committed_dvc_file(root)
+
+    said = assert_refused_unchanged(root, driftloop(root, "data", check=False), data, status)
+    assert f"dvc checkout {DATA}" in said and "restore the recorded rev" in said
+    assert recorded[:12] in said and present[:12] in said and said.count("\n") == 1
+
+    # `make setup` stops at its data target, which is exactly that command, with the message
+    rule = re.search(r"^data:.*\n((?:\t.*\n)+)", (root / "Makefile").read_text(), re.M)
+    assert rule.group(1) == "\t@driftloop data\n"
+    made = make_data(root)
+    assert_refused_unchanged(root, made, data, status, code=2)  # make's own exit for a failure
+    assert f"dvc checkout {DATA}" in made.stderr and "data] Error 1" in made.stderr
+
+    sh(["dvc", "checkout", DATA], root)
+    assert f"{DATA}: present" in driftloop(root, "data").stdout
+    assert md5(root / DATA) == recorded and sh(["git", "status", "--porcelain"], root).stdout == ""
+    (root / DATA).unlink()
+    assert f"{DATA}: pulled" in driftloop(root, "data").stdout
+    assert md5(root / DATA) == recorded and make_data(root, check=True).returncode == 0
+
+
+def test_a_checked_out_data_rev_gone_from_cache_and_remote_is_refused_and_named(tmp_path):
+    root = copy_project(tmp_path)
+    recorded, _ = checked_out_older_commit(root)
+    data = (root / DATA).read_bytes()
+    status = sh(["git", "status", "--porcelain"], root).stdout
+    for store in (root / ".dvc" / "cache", root / ".driftloop" / "dvc-remote"):
+        object_path(store, recorded).unlink()
+
+    said = assert_refused_unchanged(root, driftloop(root, "data", check=False), data, status)
+    assert recorded[:12] in said and "neither the DVC cache nor the remote" in said
+    assert f"dvc push {DATA}.dvc" in said
+    assert not object_path(root / ".dvc" / "cache", recorded).exists()
+
+
+def test_the_demo_reset_to_the_source_data_keeps_or_adopts_its_rev(tmp_path):
+    """The demo re-creates the winter data from data.source: the same rev as committed is left
+    as it is; after a retrain committed another rev, the reset adopts winter on purpose."""
+    from config.loader import load_project
+    from tasks.data import create_from_source, ensure_data
+
+    root = copy_project(tmp_path)
+    driftloop(root, "data")
+    winter = recorded_md5(root)
+    project = load_project(root / "config/driftloop.yaml")
+    create_from_source(project)
+    assert ensure_data(project).action == "present"
+    assert sh(["git", "status", "--porcelain"], root).stdout == ""
+
+    with (root / DATA).open("ab") as handle:
+        handle.write((root / DATA).read_bytes().splitlines(True)[-1])
+    sh(["dvc", "add", "-q", DATA], root)
+    sh(["git", "commit", "-qm", "retrain: training data", f"{DATA}.dvc"], root)
+    create_from_source(project)
+    assert ensure_data(project).action == "present"
+    assert md5(root / DATA) == winter == recorded_md5(root)
