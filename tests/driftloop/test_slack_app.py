@@ -1,6 +1,7 @@
-"""The Slack interactivity transports: signature checks, acknowledgement, dedupe, refusals and
-Socket Mode envelopes. The decision itself is a small hand-written fake here; the real one (a
-paused Prefect run) is exercised in tests/integration/test_approval_flow.py."""
+"""The Slack interactivity transports: signature checks, acknowledgement, dedupe, identity
+(user id and team id), refusals and Socket Mode envelopes. The decision itself is a small
+hand-written fake here; the real one (a paused Prefect run) is exercised in
+tests/integration/test_approval_flow.py and tests/security/test_slack_endpoint.py."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, verify
-from tasks.approval import Decision, SubmitResult
+from tasks.approval import Decision, SubmitResult, read_audit
+from tests.fakes.approval_stub import project_copy
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
     SIGNING_SECRET,
@@ -42,6 +44,13 @@ DOC_BODY = (
 DOC_SIGNATURE = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
 RUN = "6bf6cbe7-058a-4214-b1c9-78dcc479f43e"
 VALUE = f"{RUN}:0123456789abcdef"
+TEAM = "T0TEAM"  # the fake's clicks come from this workspace unless told otherwise
+
+
+@pytest.fixture
+def project(tmp_path):
+    """The shared project fixture, with Slack decisions on for the fake's workspace."""
+    return project_copy(tmp_path, {"approval": {"slack_team_id": TEAM}})
 
 
 class FrozenClock(Clock):
@@ -60,8 +69,11 @@ class FakeSubmit:
         self.status = status
         self.delay = delay
 
-    async def __call__(self, project, run_id, decision, approver, channel, comment, hash_, **kw):
-        self.calls.append((run_id, decision, approver, channel, hash_, kw.get("aliases")))
+    async def __call__(
+        self, project, run_id, decision, approver, channel, comment="", evidence_hash=None, **kw
+    ):
+        hash_ = evidence_hash
+        self.calls.append((run_id, decision, approver, channel, hash_, kw))
         await asyncio.sleep(self.delay)
         if self.status == "recorded":
             done = Decision(
@@ -253,9 +265,9 @@ def test_acknowledges_at_once_and_decides_after(project):
     answer, acked = asyncio.run(go())
     assert answer.status_code == 200 and acked < 1.0
     assert len(submit.calls) == 1
-    run_id, decision, approver, channel, hash_, aliases = submit.calls[0]
-    assert (run_id, decision, approver, channel) == (RUN, "approve", "alice", "slack")
-    assert hash_ == "0123456789abcdef" and "U0ALICE" in aliases
+    run_id, decision, approver, channel, hash_, extra = submit.calls[0]
+    assert (run_id, decision, approver, channel) == (RUN, "approve", "U0ALICE", "slack")
+    assert hash_ == "0123456789abcdef" and extra == {}  # the user id alone: no aliases
 
 
 def test_the_same_click_ten_times_concurrently_is_handled_once(project):
@@ -341,3 +353,181 @@ def test_the_command_refuses_to_start_without_the_secret_its_transport_needs(pro
     assert http.exit_code == 2 and "SLACK_SIGNING_SECRET" in http.output
     socket = runner.invoke(app, ["slack", "--socket-mode", "--config", str(project.path)])
     assert socket.exit_code == 2 and "SLACK_APP_TOKEN" in socket.output
+
+
+def test_the_approver_is_the_signed_user_id_never_a_handle_or_display_name(project):
+    submit = FakeSubmit()
+    app = create_app(project, Interactions(project, submit=submit), signing_secret=SIGNING_SECRET)
+    handle = form_body(click(VALUE, user=("U0MAL", "alice"), action_ts="1700000000.1"))
+    no_team_on_user = click(VALUE, action_ts="1700000000.2")
+    del no_team_on_user["user"]["team_id"]  # then the payload's team.id is the workspace
+    bodies = [handle, form_body(no_team_on_user)]
+    answers = post_all(app, [(b, sign(b)) for b in bodies])
+    assert [a.status_code for a in answers] == [200, 200]
+    assert sorted(c[2] for c in submit.calls) == ["U0ALICE", "U0MAL"]  # never "alice"
+    assert {c[3] for c in submit.calls} == {"slack"}
+
+
+def test_a_click_from_another_workspace_is_refused_audited_and_told(project, slack):
+    submit = FakeSubmit()
+    app = create_app(project, Interactions(project, submit=submit), signing_secret=SIGNING_SECRET)
+    other = click(VALUE, team="T0EVIL", response_url=slack.response_url())  # alice's id and handle
+    mixed = click(VALUE, action_ts="1700000000.3", response_url=slack.response_url())
+    mixed["user"]["team_id"] = "T0EVIL"  # the user's own team wins over the payload's team
+    answers = post_all(app, [(form_body(p), sign(form_body(p))) for p in (other, mixed)])
+    assert [a.status_code for a in answers] == [200, 200]  # acknowledged, then refused
+    assert submit.calls == []
+    expected = ":no_entry: Not recorded: U0ALICE is a user of another Slack workspace (T0EVIL)"
+    assert [r["text"] for r in slack.responses] == [expected, expected]
+    refusals = read_audit(project, RUN)
+    assert [(e.event, e.decision, e.approver, e.channel) for e in refusals] == [
+        ("refusal", "approve", "U0ALICE", "slack")
+    ] * 2
+    assert {e.evidence_hash for e in refusals} == {"0123456789abcdef"}
+    assert all("another Slack workspace" in e.reason for e in refusals)
+    assert slack.card_updates() == []
+
+
+def test_without_approval_slack_team_id_no_slack_click_decides(tmp_path, slack):
+    unset = project_copy(tmp_path)  # the repo's default: slack_team_id ""
+    assert unset.config.approval.slack_team_id == ""
+    submit = FakeSubmit()
+    app = create_app(unset, Interactions(unset, submit=submit), signing_secret=SIGNING_SECRET)
+    body = form_body(click(VALUE, response_url=slack.response_url()))
+    (answer,) = post_all(app, [(body, sign(body))])
+    assert answer.status_code == 200 and submit.calls == []
+    (told,) = slack.responses
+    assert told["text"].startswith(":no_entry: Not recorded: Slack decisions are off: set ")
+    assert "approval.slack_team_id" in told["text"]
+    (refused,) = read_audit(unset, RUN)
+    assert (refused.event, refused.approver) == ("refusal", "U0ALICE")
+    assert "approval.slack_team_id" in refused.reason
+
+
+def nested(depth: int):
+    """A JSON value `depth` arrays deep."""
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_malformed_identities_shapes_and_deep_nesting_get_400_and_64_levels_pass(project):
+    submit = FakeSubmit()
+    app = create_app(project, Interactions(project, submit=submit), signing_secret=SIGNING_SECRET)
+
+    def changed(change, n):
+        payload = click(VALUE, action_ts=f"1700000001.{n}")
+        change(payload)
+        return form_body(payload)
+
+    changes = [
+        lambda p: p.update(user="alice"),
+        lambda p: p["user"].update(id="alice"),  # a handle where the id belongs
+        lambda p: p["user"].update(id=42),
+        lambda p: p["user"].update(id="U0ALICE\n"),
+        lambda p: p["user"].update(team_id=["T0TEAM"]),
+        lambda p: (p["user"].pop("team_id"), p.update(team="T0TEAM")),
+        lambda p: p["actions"][0].update(value=7),
+        lambda p: p["actions"][0].update(value="x" * 2001),
+        lambda p: p.update(container=["message"]),
+        lambda p: p.update(response_url=5),
+        lambda p: p.update(state=nested(64)),  # 65 levels with the payload itself
+    ]
+    bad = [changed(c, i) for i, c in enumerate(changes)]
+    bad += [
+        b"payload=" + b"%5B" * 10_000 + b"%5D" * 10_000,  # past the parser's recursion limit
+        b"payload=" + b"%7B%22a%22%3A" * 65 + b"1" + b"%7D" * 65,  # {"a":{"a":...}} 65 deep
+        b"payload=%7B%7D&" * 20,  # more form fields than Slack ever sends
+    ]
+    fine = changed(lambda p: p.update(state=nested(63)), 99)  # 64 levels: a payload
+    string = changed(lambda p: p.update(state="[" * 1000), 98)  # brackets in a string
+    answers = post_all(app, [(b, sign(b)) for b in [*bad, fine, string]])
+    assert [a.status_code for a in answers] == [400] * len(bad) + [200, 200]
+    assert len(submit.calls) == 2
+
+
+def test_body_size_and_content_length_bounds(project):
+    submit = FakeSubmit()
+    app = create_app(project, Interactions(project, submit=submit), signing_secret=SIGNING_SECRET)
+    payload = click(VALUE, action_ts="1700000002.1")
+    payload["message"]["text"] = ""
+    payload["message"]["text"] = "x" * (64 * 1024 - len(form_body(payload)))
+    at_limit = form_body(payload)
+    assert len(at_limit) == 64 * 1024
+    payload["message"]["text"] += "x"
+    over = form_body(payload)
+    requests = [(at_limit, sign(at_limit)), (over, sign(over))]
+    for length in ("9" * 5000, "²", "-1", "1e3", " 12", "65537"):
+        requests.append((b"x", {**sign(b"x"), "Content-Length": length}))
+    answers = post_all(app, requests)
+    assert [a.status_code for a in answers] == [200] + [413] * 7
+    assert len(submit.calls) == 1  # the one at the limit
+
+
+def asgi_post(app, chunks, hang: bool = False):
+    """POST /slack/actions straight through ASGI: the body `chunks`, then a disconnect (or no
+    more messages at all when `hang`). Returns the status sent, headers and seconds taken."""
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/slack/actions",
+        "raw_path": b"/slack/actions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", b"1000"), (b"host", b"slack.test")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 3100),
+    }
+    sent: list[dict] = []
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        if hang:
+            await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    async def go():
+        began = time.monotonic()
+        await app(scope, receive, send)
+        return time.monotonic() - began
+
+    took = asyncio.run(go())
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], dict(start.get("headers", [])), took
+
+
+def test_a_client_that_disconnects_mid_body_is_one_log_line(project, caplog):
+    submit = FakeSubmit()
+    app = create_app(project, Interactions(project, submit=submit), signing_secret=SIGNING_SECRET)
+    with caplog.at_level("DEBUG"):
+        status, _, _ = asgi_post(app, [b"payload=%7B", b"%22type"])
+    assert status == 400  # sent to nobody
+    (line,) = [r for r in caplog.records if r.name == "driftloop.slack"]
+    assert line.getMessage() == "127.0.0.1:50000: disconnected before its body was read"
+    assert [r for r in caplog.records if r.exc_info] == []  # no traceback anywhere
+    assert submit.calls == []
+
+
+def test_a_body_that_never_ends_gets_408_at_the_body_deadline(project, caplog):
+    app = create_app(
+        project,
+        Interactions(project, submit=FakeSubmit()),
+        signing_secret=SIGNING_SECRET,
+        body_timeout=0.5,
+    )
+    with caplog.at_level("WARNING"):
+        status, headers, took = asgi_post(app, [b"payload="], hang=True)
+    assert status == 408 and headers[b"connection"] == b"close"
+    assert 0.5 <= took < 2.0
+    (line,) = [r for r in caplog.records if r.name == "driftloop.slack"]
+    assert line.getMessage() == "127.0.0.1:50000: body not read within 0.5 s; closed"
+    assert [r for r in caplog.records if r.exc_info] == []

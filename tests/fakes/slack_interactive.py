@@ -51,12 +51,14 @@ def click(
     message_ts: str = "1700000001.000100",
     action_ts: str | None = None,
     response_url: str | None = None,
+    team: str = "T0TEAM",
 ) -> dict[str, Any]:
-    """A `block_actions` payload for one of the card's buttons, shaped as Slack sends it."""
+    """A `block_actions` payload for one of the card's buttons, shaped as Slack sends it, from a
+    user (`(id, handle)`) of the workspace `team`."""
     return {
         "type": "block_actions",
-        "team": {"id": "T0TEAM", "domain": "example"},
-        "user": {"id": user[0], "username": user[1], "name": user[1], "team_id": "T0TEAM"},
+        "team": {"id": team, "domain": "example"},
+        "user": {"id": user[0], "username": user[1], "name": user[1], "team_id": team},
         "api_app_id": "A0APP",
         "token": "legacy-verification-token",
         "container": {
