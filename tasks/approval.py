@@ -469,7 +469,8 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
         )
         return Notice(text=f"Approval needed: {title}", blocks=blocks)
     icon = {"approve": ":white_check_mark:", "reject": ":x:", "expired": ":hourglass:"}
-    line = f"{icon[decision.outcome]} *{plain(decision.describe()).capitalize()}*"
+    said = plain(decision.describe())
+    line = f"{icon[decision.outcome]} *{said[:1].upper() + said[1:]}*"  # ids keep their case
     if decision.comment:
         line += f"\n> {plain(decision.comment)}"
     if decision.outcome == "expired":

@@ -167,6 +167,7 @@ def project_copy(root: Path, edit: dict[str, dict[str, Any]] | None = None) -> P
     source = Path(__file__).resolve().parents[2] / "config" / "driftloop.yaml"
     raw = yaml.safe_load(source.read_text())
     raw["approval"]["cli_as"] = True  # the tests' CLI decides as the people they name
+    raw["approval"]["slack_team_id"] = "T0TEAM"  # the local Slack's workspace
     for name in raw["endpoints"]:  # nothing listens there: never a default port
         if name != "prefect":
             raw["endpoints"][name] = f"http://127.0.0.1:{free_port()}"

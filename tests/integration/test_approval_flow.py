@@ -18,7 +18,7 @@ from prefect import get_client
 from typer.testing import CliRunner
 
 from driftloop.approve_cmd import approve, pending, reject
-from driftloop.slack_app import Interactions, create_app, run_socket_mode
+from driftloop.slack_app import Interactions, create_app, run_socket_mode, uvicorn_config
 from tasks.approval import read_audit
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
@@ -43,9 +43,7 @@ runner = CliRunner()
 def app_url(project, slack, prefect_server):
     """The interactivity app under uvicorn on a free port (HTTP transport)."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn_config(create_app(project), "127.0.0.1", port))
     context = contextvars.copy_context()  # the test server's Prefect settings
     thread = threading.Thread(target=context.run, args=(server.run,), daemon=True)
     thread.start()
@@ -94,7 +92,7 @@ def refusals(project, run_id):
 def test_the_same_signed_click_ten_times_concurrently_is_one_decision(
     stub, slack, project, app_url
 ):
-    run = stub()
+    run = stub(approvers=("slack:U0ALICE",))
     body = form_body(click(run.button_value, message_ts=CARD_TS, response_url=slack.response_url()))
     answers = post_clicks(app_url, [body] * 10)
     assert [status for status, _ in answers] == [200] * 10
@@ -102,21 +100,21 @@ def test_the_same_signed_click_ten_times_concurrently_is_one_decision(
     outcome = run.result()
     assert (outcome["outcome"], outcome["approver"], outcome["channel"]) == (
         "approve",
-        "alice",
+        "U0ALICE",
         "slack",
     )
     assert len(decisions(project, run.run_id)) == 1
     assert refusals(project, run.run_id) == []  # repeats were dropped, not re-decided
     assert wait_for(lambda: slack.card_updates())
     update = slack.card_updates()[-1]
-    assert update["ts"] == CARD_TS and "Approved by alice via slack" in json.dumps(update)
+    assert update["ts"] == CARD_TS and "Approved by U0ALICE via slack" in json.dumps(update)
     assert not any(b["type"] == "actions" for b in update["blocks"])
 
 
 def test_approve_and_reject_10ms_apart_one_wins_and_the_other_is_told(
     stub, slack, project, app_url
 ):
-    run = stub(approvers=("alice", "bob"))
+    run = stub(approvers=("slack:U0ALICE", "slack:U0BOB"))
     approve_click = click(run.button_value, response_url=slack.response_url())
     reject_click = click(
         run.button_value, "reject", user=("U0BOB", "bob"), response_url=slack.response_url()
@@ -128,32 +126,32 @@ def test_approve_and_reject_10ms_apart_one_wins_and_the_other_is_told(
     assert decided.decision == outcome["outcome"]
     assert wait_for(lambda: slack.responses), "the loser was not told"
     (told,) = slack.responses
-    winner = "approved by alice" if outcome["outcome"] == "approve" else "rejected by bob"
+    winner = "approved by U0ALICE" if outcome["outcome"] == "approve" else "rejected by U0BOB"
     assert f"already {winner} via slack at " in told["text"]
     assert len(refusals(project, run.run_id)) == 1
 
 
 def test_a_clicker_not_on_the_allow_list_changes_nothing_and_is_told(stub, slack, project, app_url):
-    run = stub(approvers=("alice",))
+    run = stub(approvers=("slack:U0ALICE",))
     body = form_body(
         click(run.button_value, user=("U0MAL", "mallory"), response_url=slack.response_url())
     )
     assert post_clicks(app_url, [body])[0][0] == 200
     assert wait_for(lambda: slack.responses), "the refused clicker was not told"
-    assert "mallory is not on the approver allow-list" in slack.responses[0]["text"]
+    assert "slack:U0MAL is not on the approver allow-list" in slack.responses[0]["text"]
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.run_id).state.is_paused()
     (refused,) = refusals(project, run.run_id)
-    assert (refused.approver, refused.channel) == ("mallory", "slack")
+    assert (refused.approver, refused.channel) == ("U0MAL", "slack")
     assert decisions(project, run.run_id) == [] and slack.card_updates() == []
 
     alice = form_body(click(run.button_value, response_url=slack.response_url()))
     post_clicks(app_url, [alice])
-    assert run.result()["approver"] == "alice"
+    assert run.result()["approver"] == "U0ALICE"
 
 
 def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, project, app_url):
-    run = stub()
+    run = stub(approvers=("slack:U0ALICE", "cli:alice"))
     listed = runner.invoke(cli, ["pending", "--json", "--config", str(project.path)])
     assert listed.exit_code == 0, listed.output
     mine = [r for r in json.loads(listed.stdout) if r["run_id"] == run.run_id]
@@ -175,7 +173,7 @@ def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, p
         ],
     )
     assert late.exit_code == 1
-    assert "already approved by alice via slack at " in late.output
+    assert "already approved by U0ALICE via slack at " in late.output
 
 
 def test_cli_decides_a_request_and_reject_needs_a_reason(stub, project):
@@ -230,7 +228,7 @@ def test_socket_mode_click_decides_the_run(stub, slack, project, monkeypatch):
     server = SocketModeServer().start()
     slack.socket_url = server.url
     monkeypatch.setenv("SLACK_APP_TOKEN", APP_TOKEN)
-    run = stub()
+    run = stub(approvers=("slack:U0ALICE",))
 
     async def go():
         stop, ready = asyncio.Event(), asyncio.Event()
@@ -253,4 +251,4 @@ def test_socket_mode_click_decides_the_run(stub, slack, project, monkeypatch):
         server.stop()
     assert ack == {"envelope_id": envelope}
     assert (outcome["outcome"], outcome["channel"]) == ("approve", "slack")
-    assert "Approved by alice via slack" in json.dumps(slack.card_updates()[-1])
+    assert "Approved by U0ALICE via slack" in json.dumps(slack.card_updates()[-1])
