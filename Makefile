@@ -7,9 +7,9 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 
-# Debian packages the loop runs for real (binary -> package).
-SYSTEM_BINARIES := prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool nginx docker-compose
-SYSTEM_PACKAGES := prometheus prometheus-pushgateway prometheus-alertmanager nginx docker-compose
+# Debian packages the loop runs for real (binary -> package); chromium opens reports in tests.
+SYSTEM_BINARIES := prometheus promtool prometheus-pushgateway prometheus-alertmanager amtool nginx docker-compose chromium
+SYSTEM_PACKAGES := prometheus prometheus-pushgateway prometheus-alertmanager nginx docker-compose chromium
 
 .PHONY: setup system-packages python git-identity dvc-remote data test test-fast demo lint format clean
 

@@ -7,10 +7,17 @@ estimator class live in `config.loader`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 TaskType = Literal["regression", "binary", "multiclass"]
 
@@ -43,6 +50,17 @@ DEFAULT_METRICS: dict[str, list[str]] = {
 }
 
 
+def _one_line(value: str) -> str:
+    """Names and paths end up in the stack's config files (supervisord.conf, nginx.conf), one
+    setting a line: a newline there would start a setting, or a section, of its own."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not hold a newline, carriage return or other control character")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,12 +76,12 @@ class ProjectConfig(Section):
 class DataSource(Section):
     """How the training data file is first created from a bundled file on a fresh clone."""
 
-    path: str
+    path: OneLine
     query: str | None = Field(None, description="pandas query selecting the initial rows")
 
 
 class DataConfig(Section):
-    path: str = Field(description="The DVC-tracked training data (csv or parquet).")
+    path: OneLine = Field(description="The DVC-tracked training data (csv or parquet).")
     source: DataSource | None = None
     target: str
     task: TaskType
@@ -118,7 +136,7 @@ class EvaluateConfig(Section):
 
 
 class ServingConfig(Section):
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
     port: int = Field(3000, ge=1, le=65535, description="The port clients use (nginx).")
     slot_ports: list[int] = Field(default_factory=lambda: [3001, 3002], min_length=2, max_length=2)
     ready_timeout_seconds: float = Field(60, gt=0)
@@ -137,7 +155,7 @@ class ServingConfig(Section):
         description="local: blue/green slots behind the stack's nginx; containerize: also build "
         "an OCI image of each release (needs a Docker daemon); kubernetes: apply deployments/k8s.",
     )
-    image_repository: str = Field(
+    image_repository: OneLine = Field(
         "", description="Image name for containerize/kubernetes; default: the project name."
     )
     smoke_rows: int = Field(
@@ -174,7 +192,7 @@ class KubernetesConfig(Section):
 class CaptureConfig(Section):
     """Where the service records predictions and labels for the monitor."""
 
-    path: str = Field(".driftloop/capture", description="Root of the dt=/hour= partitions.")
+    path: OneLine = Field(".driftloop/capture", description="Root of the dt=/hour= partitions.")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Share of requests recorded.")
     flush_seconds: float = Field(1.0, gt=0, le=60, description="How often buffers hit disk.")
 
@@ -202,11 +220,11 @@ class MonitorConfig(Section):
 class StackConfig(Section):
     """The local stack run by `driftloop up` under supervisord."""
 
-    work_pool: str = Field("driftloop-local", description="Prefect process work pool.")
+    work_pool: OneLine = Field("driftloop-local", description="Prefect process work pool.")
     worker_poll_seconds: int = Field(5, ge=1, le=60, description="How often the worker polls.")
     scrape_interval_seconds: int = Field(15, ge=1, le=300)
     ready_timeout_seconds: float = Field(120, gt=0, description="Deadline for `up` per service.")
-    extra_rule_files: list[str] = Field(
+    extra_rule_files: list[OneLine] = Field(
         default_factory=list, description="Your own Prometheus rule files, checked by promtool."
     )
 
@@ -320,6 +338,8 @@ class EndpointsConfig(Section):
     @field_validator("*")
     @classmethod
     def _is_http_url(cls, value: str) -> str:
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must be a URL without spaces, newlines or control characters")
         parsed = urlsplit(value)
         if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
             raise ValueError(

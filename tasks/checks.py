@@ -787,10 +787,16 @@ def save_report(
             return frame.sample(n=limit, random_state=seed)
         return frame
 
-    ref, cur = shrink(reference), shrink(current)
     numeric, categorical = project.features
     features = numeric + categorical
     target, prediction = cfg.data.target, s.prediction_column
+    unsafe = [name for name in (*features, target, prediction) if html_safe_text(name) != name]
+    if unsafe:
+        raise BadInput(
+            f"cannot build the report: column names {unsafe} hold <, > or &, which the HTML "
+            "report cannot show safely; rename them in the data and the config"
+        )
+    ref, cur = html_safe_frame(shrink(reference)), html_safe_frame(shrink(current))
     labels = {target, prediction} <= set(cur.columns) and len(_labelled(cur, target, prediction))
     ref_has = {target, prediction} <= set(ref.columns)
 
@@ -825,6 +831,38 @@ def save_report(
         only.save_html(str(quality_path))
         paths.append(quality_path)
     return ReportFiles(paths=paths, reference_rows=len(ref), current_rows=len(cur), sampled=sampled)
+
+
+def html_safe_text(value: str) -> str:
+    """`&`, `<` and `>` as HTML entities: `&` first, so the mapping is one-to-one and two
+    different values stay two different values in the report."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def html_safe_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame Evidently sees, with every string cell and column name made inert in HTML.
+
+    Evidently's HTML report embeds its data as JSON inside a `<script>` block without escaping
+    `</`: a category value (or label) from traffic such as `</script><script>...` would close
+    that block and run as script in the page that nginx serves. Escaping `&`, `<` and `>` here,
+    before Evidently sees the data, leaves it nothing that can end a script or start a tag; both
+    frames go through it, so reference and current still share their categories and every
+    drift score is unchanged. The report may show `&lt;` where traffic sent `<`; the checks
+    themselves (`run_checks`) never see these frames.
+    """
+
+    def safe(value: Any) -> Any:
+        return html_safe_text(value) if isinstance(value, str) else value
+
+    out = frame.copy()
+    for column in out.columns:
+        values = out[column]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            out[column] = values.cat.rename_categories([safe(c) for c in values.cat.categories])
+        elif values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            out[column] = values.map(safe, na_action="ignore")
+    out.columns = [safe(c) for c in out.columns]
+    return out
 
 
 def _quality_definition(

@@ -34,6 +34,8 @@ def write_report(
     files = save_report(reference, frame, project, reports_dir(project) / f"{name}.html")
     if quality is not None and quality.metrics:
         head_report(files.paths[0], quality)
+    for path in files.paths:  # read by nginx's unprivileged worker, whatever the umask
+        path.chmod(0o644)
     base = project.config.endpoints.reports
     return [f"{base}/{path.name}" for path in files.paths]
 

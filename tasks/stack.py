@@ -8,6 +8,7 @@ a start fail (missing binary, busy port, invalid config) and waits for health wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -169,6 +170,7 @@ def services(project: Project) -> list[Service]:
                 "DRIFTLOOP_CONFIG": str(project.path),
                 "BENTOML_HOME": str(project.state_dir / "bentoml"),
                 "BENTOML_DO_NOT_TRACK": "true",
+                **worker_secrets(),
             },
             binary=bin_path("prefect"),
         ),
@@ -239,6 +241,54 @@ def _hostport(url: str) -> str:
     return f"{parts.hostname}:{parts.port}"
 
 
+# ---------------------------------------------------------------- secrets in the environment
+
+# Names of variables that carry a secret: Slack's tokens, the Prefect auth string, the decision
+# key, and anything named like a credential (a DVC remote's keys, the capture token, ...).
+SECRET_ENV = re.compile(
+    r"^SLACK_|^DRIFTLOOP_DECISION_KEY$|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH_STRING"
+    r"|API_KEY|ACCESS_KEY|PRIVATE_KEY",
+    re.IGNORECASE,
+)
+
+
+def is_secret(name: str) -> bool:
+    return bool(SECRET_ENV.search(name))
+
+
+def supervisor_env() -> dict[str, str]:
+    """The environment supervisord starts with: the caller's, less every secret.
+
+    supervisord hands its own environment to every program it starts, and a program's
+    `environment=` only adds to it; so secrets exported for `driftloop up` would reach nginx,
+    Prometheus, the Pushgateway, Alertmanager and the bento servers, none of which needs one.
+    supervisord therefore starts without them, and each program gets the secrets it needs
+    explicitly in its own section: the Prefect server its auth string, the worker (whose flows
+    post to Slack, seal decisions, start slots and pull data) those of `worker_secrets`. They are
+    then written in supervisord.conf, which is why that file is 0600."""
+    return {k: v for k, v in tool_env().items() if not is_secret(k)}
+
+
+def worker_secrets() -> dict[str, str]:
+    """The secrets of this environment that the worker's flows may use, for its program section.
+
+    A value that cannot stand on one line of supervisord.conf (a newline in it, say a PEM key)
+    is left out: export a path to a file holding it instead."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if is_secret(k) and k != AUTH_ENV and _env_safe(k, v)  # AUTH_ENV: from prefect_env
+    }
+
+
+def _env_safe(key: str, value: str) -> bool:
+    try:
+        _env_pair(key, value)
+    except StackError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -247,16 +297,32 @@ def render(project: Project) -> Path:
     from tasks.render import write_runtime
 
     stack = stack_dir(project)
+    for what, path in (
+        ("the project's path", project.root),
+        ("the state directory", project.state_dir),
+        ("the config file's path", project.path),
+    ):
+        _one_line(str(path), what)
     for sub in ("nginx", "secrets", "slots"):
         (stack / sub).mkdir(parents=True, exist_ok=True)
+    (stack / "secrets").chmod(0o700)
     log_dir(project).mkdir(parents=True, exist_ok=True)
     for sub in ("prometheus", "alertmanager", "pushgateway", "prefect", "reports"):
         (project.state_dir / sub).mkdir(parents=True, exist_ok=True)
+    reports_dir(project).chmod(0o755)  # nginx's unprivileged worker reads the reports
     write_runtime(project, stack, slack_webhook_file(project))
     render_nginx(project)
     conf = stack / "supervisord.conf"
-    conf.write_text(supervisord_conf(project))
+    _write_private(conf, supervisord_conf(project))  # it holds the programs' secrets
     return conf
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` as mode 0600, whatever mode an older file had."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # O_CREAT's mode applies to new files only
+        out.write(text)
 
 
 def slack_webhook_file(project: Project) -> Path | None:
@@ -267,13 +333,93 @@ def slack_webhook_file(project: Project) -> Path | None:
         path.unlink(missing_ok=True)
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(url)
+    _write_private(path, url)
     return path
 
 
+# What a report page may do in the browser. Evidently's report is one file whose script, styles
+# and font are inline: it needs inline script and style, data: fonts and images, and nothing from
+# the network. `sandbox` without allow-same-origin gives the page an opaque origin: a script that
+# runs anyway reads no cookie and cannot call another origin (the Prefect API) as the user;
+# connect-src 'none' keeps it from sending anything out.
+REPORT_CSP = (
+    "sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; connect-src 'none'; "
+    "form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+NGINX_USER = ("nobody", ("nogroup", "nobody"))  # exist on Debian and most distributions
+
+
+def nginx_user(project: Project) -> tuple[str | None, str]:
+    """The `user` directive for nginx's workers, and a note for the rendered file.
+
+    Only a master running as root can switch users; as root, the workers drop to `nobody`.
+    They must reach the reports and nginx's temp directories: if a directory above them lets
+    no other user through (a checkout under a 0700 home or temp directory), they stay root,
+    and the note says which directory to open (`chmod o+x`) or to move the project out of."""
+    import grp
+    import pwd
+
+    if os.geteuid() != 0:
+        return None, ""
+    name, groups = NGINX_USER
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+        group = next(g for g in groups if _group_exists(grp, g))
+    except (KeyError, StopIteration):
+        return "root", f"workers run as root: no user {name!r} on this machine"
+    gid = grp.getgrnam(group).gr_gid
+    nginx = stack_dir(project) / "nginx"
+    for path in (reports_dir(project), nginx / "temp"):
+        blocked = _blocked(path, uid, gid)
+        if blocked is not None:
+            note = (
+                f"workers run as root: {name} cannot pass {blocked} on the way to {path}; "
+                f"`chmod o+x {blocked}`, or a project elsewhere, lets them drop to {name}"
+            )
+            logging.getLogger("driftloop").warning("nginx: %s", note)
+            return "root", note
+    return f"{name} {group}", f"workers run as {name}"
+
+
+def _group_exists(grp, name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _blocked(path: Path, uid: int, gid: int) -> Path | None:
+    """The first directory from / down to `path` that the user cannot search (None: all can)."""
+    import stat
+
+    for directory in [*reversed(path.parents), path]:
+        mode = directory.stat()
+        if mode.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif mode.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not mode.st_mode & bit:
+            return directory
+    return None
+
+
+def _nginx_path(path: Path) -> str:
+    """A path as a quoted nginx string; refused if it holds what nginx would read otherwise."""
+    value = _one_line(str(path), "a path in nginx.conf")
+    if re.search(r'["\\$]', value):
+        raise StackError(f'nginx: the path {value!r} holds ", \\ or $; move the project')
+    return f'"{value}"'
+
+
 def render_nginx(project: Project) -> None:
-    """nginx in front of the serving slots; the upstream lives in its own file for swaps."""
+    """nginx in front of the serving slots; the upstream lives in its own file for swaps.
+
+    The reports server sends only files (no listing, no symlinks) with headers that keep a
+    report's page from running anything but the report (REPORT_CSP)."""
     nginx = stack_dir(project) / "nginx"
     for temp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (nginx / "temp" / temp).mkdir(parents=True, exist_ok=True)
@@ -281,26 +427,36 @@ def render_nginx(project: Project) -> None:
     if not upstream.exists():  # a later swap rewrites it; `up` must not undo a swap
         write_upstream(project, project.config.serving.slot_ports[0])
     serving = project.config.serving
-    user = "user root;\n" if os.geteuid() == 0 else ""
+    user, note = nginx_user(project)
+    q = _nginx_path
     (nginx / "nginx.conf").write_text(
         f"""# rendered by driftloop from config/driftloop.yaml (serving.*); do not edit
-{user}worker_processes 1;
-pid {nginx / "nginx.pid"};
-error_log {log_dir(project) / "nginx-error.log"} warn;
+# {note or "workers run as the user who ran `driftloop up`"}
+{f"user {user};" if user else ""}
+worker_processes 1;
+pid {q(nginx / "nginx.pid")};
+error_log {q(log_dir(project) / "nginx-error.log")} warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log {log_dir(project) / "nginx-access.log"};
-    client_body_temp_path {nginx / "temp/client_body"};
-    proxy_temp_path {nginx / "temp/proxy"};
-    fastcgi_temp_path {nginx / "temp/fastcgi"};
-    uwsgi_temp_path {nginx / "temp/uwsgi"};
-    scgi_temp_path {nginx / "temp/scgi"};
-    include {upstream};
+    server_tokens off;
+    access_log {q(log_dir(project) / "nginx-access.log")};
+    client_body_temp_path {q(nginx / "temp/client_body")};
+    proxy_temp_path {q(nginx / "temp/proxy")};
+    fastcgi_temp_path {q(nginx / "temp/fastcgi")};
+    uwsgi_temp_path {q(nginx / "temp/uwsgi")};
+    scgi_temp_path {q(nginx / "temp/scgi")};
+    include {q(upstream)};
     server {{  # Evidently HTML reports, linked from Slack notices and Prefect artifacts
         listen {_hostport(project.config.endpoints.reports)};
-        root {reports_dir(project)};
-        autoindex on;
-        location = /nginx-health {{ access_log off; return 200 "ok\n"; }}
+        root {q(reports_dir(project))};
+        autoindex off;
+        disable_symlinks on from=$document_root;
+        add_header Content-Security-Policy "{REPORT_CSP}" always;
+        add_header X-Content-Type-Options nosniff always;
+        add_header Referrer-Policy no-referrer always;
+        add_header X-Frame-Options DENY always;
+        location = /nginx-health {{ access_log off; return 200 "ok\\n"; }}
+        location / {{ limit_except GET {{ deny all; }} }}
     }}
     server {{
         listen {serving.host}:{serving.port};
@@ -336,22 +492,23 @@ def write_upstream(project: Project, port: int) -> Path:
 
 def supervisord_conf(project: Project) -> str:
     stack = stack_dir(project)
+    v = _conf_value
     lines = [
         "; rendered by driftloop from config/driftloop.yaml; do not edit",
         "[unix_http_server]",
-        f"file={stack / 'supervisor.sock'}",
+        f"file={v(str(stack / 'supervisor.sock'), 'unix_http_server.file')}",
         "chmod=0700",
         "[supervisord]",
-        f"logfile={log_dir(project) / 'supervisord.log'}",
-        f"pidfile={stack / 'supervisord.pid'}",
-        f"childlogdir={log_dir(project)}",
-        f"directory={project.root}",
+        f"logfile={v(str(log_dir(project) / 'supervisord.log'), 'supervisord.logfile')}",
+        f"pidfile={v(str(stack / 'supervisord.pid'), 'supervisord.pidfile')}",
+        f"childlogdir={v(str(log_dir(project)), 'supervisord.childlogdir')}",
+        f"directory={v(str(project.root), 'supervisord.directory')}",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "[supervisorctl]",
-        f"serverurl=unix://{stack / 'supervisor.sock'}",
+        f"serverurl=unix://{v(str(stack / 'supervisor.sock'), 'supervisorctl.serverurl')}",
         "[include]",  # the serving slots come and go as releases roll (tasks/serving.py)
-        f"files={stack / 'slots'}/*.conf",
+        "files=slots/*.conf",  # relative to this file: a path with a space splits in two
     ]
     for priority, svc in enumerate(services(project), start=1):
         lines += program_section(project, svc.name, svc.command, svc.env, priority)
@@ -361,11 +518,20 @@ def supervisord_conf(project: Project) -> str:
 def program_section(
     project: Project, name: str, command: list[str], env: dict[str, str], priority: int = 100
 ) -> list[str]:
-    """One supervisord [program]: restarted if it dies, stopped with its children, logged."""
+    """One supervisord [program]: restarted if it dies, stopped with its children, logged.
+
+    Every value comes from config, paths or the environment, and supervisord.conf is an ini
+    file: a newline in a value would start a line of its own, `[program:...]` a section that
+    runs anything. Such a value (a control character, or ` ;`/` #`, which start a comment) is
+    refused with the setting it is in; `%` is doubled (supervisord expands `%(...)s`)."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+        raise StackError(f"supervisord: program name {name!r} is not a plain name")
     env = {"PATH": tool_env()["PATH"], "HOME": os.environ.get("HOME", "/root"), **env}
+    where = f"supervisord [program:{name}]"
+    log = _conf_value(str(log_dir(project) / (name + ".log")), f"{where} stdout_logfile")
     return [
         f"[program:{name}]",
-        "command=" + " ".join(_quote(part) for part in command),
+        "command=" + " ".join(_quote(_conf_value(part, f"{where} command")) for part in command),
         f"priority={priority}",
         "autostart=true",
         "autorestart=true",
@@ -375,21 +541,57 @@ def program_section(
         "killasgroup=true",
         "stopwaitsecs=15",
         "redirect_stderr=true",
-        f"stdout_logfile={log_dir(project) / (name + '.log')}",
+        f"stdout_logfile={log}",
         "stdout_logfile_maxbytes=10MB",
         "stdout_logfile_backups=2",
-        "environment=" + ",".join(f'{k}="{_escape(v)}"' for k, v in env.items()),
+        "environment=" + ",".join(_env_pair(k, v, where) for k, v in env.items()),
     ]
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _one_line(value: str, what: str) -> str:
+    """`value` if it holds no control character (newline, carriage return, tab, ...)."""
+    if _CONTROL.search(value):
+        raise StackError(
+            f"{what}: {value!r} holds a control character (a newline, say); each setting of the "
+            "stack's config files is one line: fix the value in the config, path or environment"
+        )
+    return value
+
+
+def _conf_value(value: str, what: str) -> str:
+    """A value for one line of supervisord.conf: one line, no comment, `%` as `%%`."""
+    _one_line(value, what)
+    if re.search(r"\s[;#]", value):
+        raise StackError(
+            f"{what}: {value!r} holds a space before ; or #, which starts a comment in "
+            "supervisord.conf; fix the value in the config, path or environment"
+        )
+    return value.replace("%", "%%")
+
+
 def _quote(part: str) -> str:
+    """One argument of `command=`, which supervisord splits as a POSIX shell would."""
     if re.fullmatch(r"[\w@%+=:,./-]+", part):
         return part
-    return '"' + part.replace('"', '\\"') + '"'
+    return '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _escape(value: str) -> str:
-    return value.replace("%", "%%").replace('"', '\\"')
+def _env_pair(key: str, value: str, where: str = "supervisord environment") -> str:
+    """`KEY="value"` for `environment=`. supervisord's parser keeps a quoted value as it is, with
+    no escapes, and strips quotes at its ends: a value with both quote kinds, or one that starts
+    or ends with a quote, cannot be written and is refused."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+        raise StackError(f"{where}: {key!r} is not a variable name")
+    value = _conf_value(value, f"{where} environment {key}")
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        raise StackError(f"{where}: the value of {key} starts or ends with a quote")
+    quote = '"' if '"' not in value else "'"
+    if quote in value:
+        raise StackError(f"{where}: the value of {key} holds both kinds of quote")
+    return f"{key}={quote}{value}{quote}"
 
 
 # ---------------------------------------------------------------- preflight
@@ -532,7 +734,7 @@ def up(project: Project, progress: Callable[[str], None] = lambda _: None) -> li
             subprocess.run(
                 [bin_path("supervisord"), "-c", str(conf)],
                 check=True,
-                env=tool_env(),
+                env=supervisor_env(),  # no secrets: its programs inherit this (see there)
                 capture_output=True,
                 text=True,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -76,9 +77,15 @@ def test_up_alert_reaches_slack_status_and_down(stack_project):
     ep = project.config.endpoints
     webhook = Webhook()
     try:
-        slack = {"SLACK_WEBHOOK_URL": webhook.url}
+        slack = {"SLACK_WEBHOOK_URL": webhook.url, **SECRETS}
         up(stack_project, env=slack)
+        hook = stack_project / ".driftloop/stack/secrets/slack_webhook_url"
+        hook.chmod(0o644)  # an older file's mode must not survive the next `up`
         assert up(stack_project, env=slack).returncode == 0  # idempotent: `up` again is fine
+        assert hook.stat().st_mode & 0o777 == 0o600
+        conf = stack_project / ".driftloop/stack/supervisord.conf"
+        assert conf.stat().st_mode & 0o777 == 0o600  # it holds the worker's secrets
+        secrets_reach_only_the_worker(project, webhook.url)
 
         status = sh([str(BIN / "driftloop"), "status"], stack_project).stdout
         for name in (
@@ -117,6 +124,90 @@ def test_up_alert_reaches_slack_status_and_down(stack_project):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+SECRETS = {
+    "SLACK_BOT_TOKEN": "xoxb-test-bot-token",
+    "SLACK_SIGNING_SECRET": "test-signing-secret",
+    "SLACK_APP_TOKEN": "xapp-test-app-token",
+    "DRIFTLOOP_DECISION_KEY": "test-decision-key-" + "k" * 16,
+}
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().partition("=")[::2] for item in raw if item)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def secrets_reach_only_the_worker(project, webhook_url: str) -> None:
+    """/proc/PID/environ of every program: only the worker holds the Slack tokens and the
+    decision key; a serving slot, added as `start_slot` adds one, holds none of them."""
+    from tasks import serving, stack
+
+    slot = stack.stack_dir(project) / "slots" / "blue.conf"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    env = {"BENTOML_HOME": "x", **serving.thread_env(project), **serving.capture_env(project)}
+    slot.write_text("\n".join(stack.program_section(project, "bento-blue", sleeper, env)) + "\n")
+
+    def slot_running():
+        states = stack.program_states(project)
+        return states if states.get("bento-blue", ("",))[0] == "RUNNING" else None
+
+    stack.supervisorctl(project, "update", check=True)
+    try:
+        states = wait_for(slot_running, 30)
+        secret = {*SECRETS, "SLACK_WEBHOOK_URL", "PREFECT_API_AUTH_STRING"}
+        worker = environ(states["prefect-worker"][1])
+        assert {k: worker.get(k) for k in SECRETS} == SECRETS
+        assert worker["SLACK_WEBHOOK_URL"] == webhook_url and worker["PREFECT_API_AUTH_STRING"]
+        nginx = states["nginx"][1]
+        for name, pid in [
+            *[(n, states[n][1]) for n in ("nginx", "prometheus", "pushgateway", "alertmanager")],
+            *[("nginx worker", child) for child in children(nginx)],
+            ("bento-blue", states["bento-blue"][1]),
+        ]:
+            env = environ(pid)
+            leaked = sorted(k for k in env if k in secret or k.startswith("SLACK_"))
+            assert not leaked, f"{name} (pid {pid}) holds {leaked}"
+        server = environ(states["prefect-server"][1])
+        assert not [k for k in server if k.startswith("SLACK_") or k == "DRIFTLOOP_DECISION_KEY"]
+    finally:
+        serving.stop_slot(project, "blue")
+
+
+def test_a_newline_in_config_or_path_starts_no_program(tmp_path):
+    """A config value or a project path holding `\\n[program:evil]\\ncommand=...` is refused
+    before anything is written or started: no such program, no marker file."""
+    marker = tmp_path / "pwned"
+    evil = f"x\n[program:evil]\ncommand=/bin/touch {marker}"
+
+    pooled = copy_project(tmp_path / "pool")
+    edit_config(pooled, free_endpoints)
+    edit_config(pooled, lambda raw: raw["stack"].update(work_pool=evil))
+    done = up(pooled, check=False)
+    assert done.returncode != 0 and "stack.work_pool" in done.stderr + done.stdout
+    assert "control character" in done.stderr + done.stdout
+    assert not (pooled / ".driftloop/stack/supervisord.conf").exists()
+
+    placed = tmp_path / f"{evil}\n;" / "proj"  # the path itself, as a clone could be named
+    placed.mkdir(parents=True)
+    copy_project(placed)
+    edit_config(placed, free_endpoints)
+    done = up(placed, check=False)
+    assert done.returncode == 1 and "control character" in done.stderr, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (placed / ".driftloop/stack/supervisord.conf").exists()
+    for root in (pooled, placed):
+        assert not supervisor_running(root)
+    time.sleep(2)  # what an injected program would have had to touch the marker
+    assert not marker.exists()
 
 
 def test_busy_port_is_named_and_nothing_starts(stack_project):
