@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -174,6 +175,9 @@ def run(url: str, body: bytes, out: Path, args: argparse.Namespace) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
         limits = httpx.Limits(max_connections=args.concurrency)
         headers = {"content-type": "application/json"}
+        token = os.environ.get("DRIFTLOOP_CAPTURE_TOKEN", "").strip()  # the endpoints' token
+        if token:
+            headers["authorization"] = f"Bearer {token}"
         async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
             await (paced(client) if args.rate else closed(client))
 

@@ -195,6 +195,19 @@ class CaptureConfig(Section):
     path: OneLine = Field(".driftloop/capture", description="Root of the dt=/hour= partitions.")
     sample_rate: float = Field(1.0, gt=0, le=1, description="Share of requests recorded.")
     flush_seconds: float = Field(1.0, gt=0, le=60, description="How often buffers hit disk.")
+    max_event_future_seconds: float = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="Event times further ahead of the server's clock than this get a 400.",
+    )
+    max_event_age_days: float | None = Field(
+        None,
+        gt=0,
+        le=36500,
+        description="Event times older than this get a 400; null: any time from 1970 on "
+        "(replays of historical data need old times).",
+    )
 
 
 class MonitorConfig(Section):

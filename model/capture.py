@@ -1,19 +1,32 @@
 """The capture store: every prediction (and later its label) as parquet in dt=/hour= partitions.
 
-Writing happens off the request path: the service appends rows to a bounded in-memory buffer and
-a background thread flushes them every `flush_seconds` (and at shutdown). One file per flush and
-process, so concurrent writers never touch the same file.
+Writing happens off the request path: the service appends rows to bounded in-memory buffers (one
+per table, so a flood of labels cannot push predictions out) and a background thread flushes them
+every `flush_seconds` (and at shutdown). One file per flush and process, so concurrent writers
+never touch the same file. Rows that cannot be kept are counted in
+`driftloop_capture_dropped_total{kind}` and logged, one line at most every LOG_EVERY_SECONDS.
+
+Event times are checked before anything is captured (`EventWindow`): a time before 1970, more
+than `max_future_seconds` ahead of the server's clock, or (when set) more than `max_age_days`
+old is refused, so one request cannot move the newest captured time or open a partition that
+breaks later reads. Labels pass `LabelGate`: only for inference ids this server answered or the
+store holds, and only the first label of each.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import math
 import os
 import random
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +38,55 @@ LABELS = "labels"
 CAPTURE_DIR_ENV = "DRIFTLOOP_CAPTURE_DIR"
 SAMPLE_RATE_ENV = "DRIFTLOOP_CAPTURE_SAMPLE_RATE"
 FLUSH_SECONDS_ENV = "DRIFTLOOP_CAPTURE_FLUSH_SECONDS"
+MAX_FUTURE_SECONDS_ENV = "DRIFTLOOP_CAPTURE_MAX_EVENT_FUTURE_SECONDS"
+MAX_AGE_DAYS_ENV = "DRIFTLOOP_CAPTURE_MAX_EVENT_AGE_DAYS"
+TOKEN_ENV = "DRIFTLOOP_CAPTURE_TOKEN"  # a secret: only ever from the environment
+
+EARLIEST_EVENT = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_MAX_FUTURE_SECONDS = 300.0  # clock skew between a caller and this server
+KNOWN_IDS = 1_000_000  # inference ids remembered for matching labels (and for first-label-wins)
+LOG_EVERY_SECONDS = 10.0
+
+log = logging.getLogger("driftloop.capture")
+
+
+def auth_headers() -> dict[str, str]:
+    """The Authorization header a client of /predict and /feedback sends: the bearer token from
+    DRIFTLOOP_CAPTURE_TOKEN when it is set, else nothing."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@functools.cache
+def capture_counters() -> dict[str, Any]:
+    """The capture's Prometheus counters, created on first use.
+
+    prometheus_client is imported here, not at module import: BentoML points it at its
+    multiprocess directory only after the service module is imported, and the counters must be
+    created in that mode to appear on the server's /metrics.
+    """
+    from prometheus_client import Counter
+
+    dropped = Counter(
+        "driftloop_capture_dropped_total",
+        "Captured rows lost before they reached the store (buffer full, write failed)",
+        ["kind"],
+    )
+    for kind in (PREDICTIONS, LABELS):
+        dropped.labels(kind=kind)
+    return {
+        "dropped": dropped,
+        "unknown_labels": Counter(
+            "driftloop_capture_unknown_labels_total",
+            "Labels for inference ids neither this server nor the capture store has seen; "
+            "not stored",
+        ),
+        "relabels": Counter(
+            "driftloop_capture_relabels_total",
+            "Labels for an inference id that already has one; the first label wins, these are "
+            "not stored",
+        ),
+    }
 
 
 def now_utc() -> datetime:
@@ -32,11 +94,74 @@ def now_utc() -> datetime:
 
 
 def parse_time(value: str | None) -> datetime:
-    """An ISO timestamp as aware UTC; naive input is taken to be UTC."""
+    """An ISO timestamp as aware UTC; naive input is taken to be UTC.
+
+    Raises ValueError for anything else, including times that cannot be moved to UTC
+    (`0001-01-01T00:00+01:00`)."""
     if not value:
         return now_utc()
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC") from None
+
+
+@dataclass(frozen=True)
+class EventWindow:
+    """Which event times the service captures: from 1970 (or `max_age_days` ago, when set) to
+    `max_future_seconds` ahead of now. Replays of historical data need old times, so by default
+    only the future is bounded; an operator tightens the past with `capture.max_event_age_days`.
+    """
+
+    max_future_seconds: float = DEFAULT_MAX_FUTURE_SECONDS
+    max_age_days: float | None = None
+
+    @classmethod
+    def from_env(cls) -> EventWindow:
+        future = os.environ.get(MAX_FUTURE_SECONDS_ENV, "").strip()
+        age = os.environ.get(MAX_AGE_DAYS_ENV, "").strip()
+        return cls(
+            max_future_seconds=float(future) if future else DEFAULT_MAX_FUTURE_SECONDS,
+            max_age_days=float(age) if age else None,
+        )
+
+    def check(self, value: Any, now: datetime) -> datetime:
+        """`value` as aware UTC; ValueError saying why when it is not a time inside the window."""
+        if not isinstance(value, str):
+            raise ValueError(f"must be an ISO 8601 string, got {type(value).__name__}")
+        if not value.strip():
+            raise ValueError("is empty; leave timestamps out to stamp records on arrival")
+        if len(value) > 64:
+            raise ValueError(f"is {len(value)} characters long, not an ISO 8601 time")
+        try:
+            when = parse_time(value)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"{exc}; use ISO 8601, e.g. 2011-04-01T08:00:00Z") from None
+        earliest = EARLIEST_EVENT
+        if self.max_age_days is not None:
+            with contextlib.suppress(OverflowError):  # a limit past year 1: 1970 is the floor
+                earliest = max(earliest, now - timedelta(days=self.max_age_days))
+        if when < earliest:
+            raise ValueError(
+                f"{value!r} is before {earliest:%Y-%m-%dT%H:%M:%SZ}, the earliest event time "
+                f"captured (capture.max_event_age_days)"
+            )
+        if when > now + timedelta(seconds=self.max_future_seconds):
+            raise ValueError(
+                f"{value!r} is more than {self.max_future_seconds:g} s ahead of the server's "
+                f"clock ({now:%Y-%m-%dT%H:%M:%SZ}; capture.max_event_future_seconds)"
+            )
+        return when
+
+
+def partition(when: datetime) -> tuple[str, str]:
+    """The dt=YYYY-MM-DD and hour=HH directory names of an event time, always zero-padded
+    (strftime's %Y gives `999`, not `0999`, for early years)."""
+    when = when.astimezone(UTC) if when.tzinfo else when
+    return f"dt={when.year:04d}-{when.month:02d}-{when.day:02d}", f"hour={when.hour:02d}"
 
 
 def capture_schema(numeric: list[str], categorical: list[str], task: str) -> dict[str, pa.Schema]:
@@ -70,55 +195,92 @@ def capture_schema(numeric: list[str], categorical: list[str], task: str) -> dic
 
 @dataclass
 class CaptureWriter:
-    """Buffers rows per (kind, hour) and flushes them to parquet from a daemon thread."""
+    """Buffers rows per kind and flushes them to parquet, by event hour, from a daemon thread."""
 
     root: Path
     schemas: dict[str, pa.Schema]
     sample_rate: float = 1.0
     flush_seconds: float = 1.0
-    max_buffer: int = 200_000  # beyond this, rows are dropped and counted, never blocking
+    max_buffer: int = 200_000  # per kind; beyond it rows are dropped and counted, never blocking
 
     def __post_init__(self) -> None:
-        self._rows: list[tuple[str, datetime, dict[str, Any]]] = []
+        self._rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.schemas}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.dropped = 0
+        self.dropped_by_kind = dict.fromkeys(self.schemas, 0)
+        self._unlogged = dict.fromkeys(self.schemas, 0)
+        self._logged_at = dict.fromkeys(self.schemas, -math.inf)
+        self._counter = capture_counters()["dropped"]
         self._thread = threading.Thread(target=self._loop, name="capture-flush", daemon=True)
         self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_kind.values())
 
     def sampled(self) -> bool:
         return self.sample_rate >= 1 or random.random() < self.sample_rate
 
     def add(self, kind: str, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
         with self._lock:
-            for row in rows:
-                if len(self._rows) >= self.max_buffer:
-                    self.dropped += 1
-                    continue
-                self._rows.append((kind, row["timestamp"], row))
+            buffer = self._rows[kind]
+            room = max(self.max_buffer - len(buffer), 0)
+            buffer.extend(rows[:room])
+        if len(rows) > room:
+            self._drop(kind, len(rows) - room, f"its buffer holds {self.max_buffer} rows")
 
     def flush(self) -> int:
         with self._lock:
-            rows, self._rows = self._rows, []
-        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-        for kind, when, row in rows:
-            groups.setdefault((kind, f"{when:%Y-%m-%d}", f"{when:%H}"), []).append(row)
-        for (kind, day, hour), group in groups.items():
-            target = self.root / kind / f"dt={day}" / f"hour={hour}"
-            write_part(target, group, self.schemas[kind])
-        return len(rows)
+            taken, self._rows = self._rows, {kind: [] for kind in self.schemas}
+        written = 0
+        for kind, rows in taken.items():
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for row in rows:
+                groups.setdefault(partition(row["timestamp"]), []).append(row)
+            for (day, hour), group in groups.items():
+                try:
+                    write_part(self.root / kind / day / hour, group, self.schemas[kind])
+                except Exception as exc:  # a full disk or a bad row loses this group, not the rest
+                    self._drop(kind, len(group), f"writing {kind}/{day}/{hour} failed: {exc}")
+                else:
+                    written += len(group)
+            if groups:
+                touch_marker(self.root / kind)
+        return written
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
 
+    def _drop(self, kind: str, n: int, why: str) -> None:
+        """Count lost rows; log one line per kind at most every LOG_EVERY_SECONDS."""
+        self._counter.labels(kind=kind).inc(n)
+        with self._lock:
+            self.dropped_by_kind[kind] += n
+            self._unlogged[kind] += n
+            if time.monotonic() - self._logged_at[kind] < LOG_EVERY_SECONDS:
+                return
+            self._logged_at[kind] = time.monotonic()
+            lost, self._unlogged[kind] = self._unlogged[kind], 0
+        log.warning("capture dropped %d %s row(s): %s", lost, kind, why)
+
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_seconds):
             try:
                 self.flush()
-            except OSError:  # a full or missing disk must not kill the thread; retry next tick
-                continue
+            except Exception:  # the thread must outlive any one flush; the next tick retries
+                log.exception("capture flush failed")
+
+
+MARKER = ".written"  # touched after each flush; readers of the store skip dot files
+
+
+def touch_marker(table: Path) -> None:
+    """Tell other servers' StoreIds that `table` has new files (a cheap stat instead of a walk)."""
+    with contextlib.suppress(OSError):  # else they find the files on their next full walk
+        (table / MARKER).touch()
 
 
 def write_part(directory: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
@@ -162,3 +324,158 @@ def label_rows(labels: list[dict[str, Any]], received: datetime) -> list[dict[st
         {"inference_id": str(item["inference_id"]), "timestamp": received, "label": item["label"]}
         for item in labels
     ]
+
+
+class RecentIds:
+    """A bounded set of recent ids: `generations` sets, the oldest forgotten when the newest is
+    full. Holds hashes, not the strings (a 64-bit hash per id; a false match is ~1 in 10^13)."""
+
+    def __init__(self, capacity: int = KNOWN_IDS, generations: int = 4) -> None:
+        self._per = max(capacity // generations, 1)
+        self._sets: list[set[int]] = [set() for _ in range(generations)]
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for i in ids:
+                if len(self._sets[0]) >= self._per:
+                    self._sets = [set(), *self._sets[:-1]]
+                self._sets[0].add(hash(i))
+
+    def __contains__(self, i: str) -> bool:
+        h = hash(i)
+        return any(h in generation for generation in self._sets)
+
+    def __len__(self) -> int:
+        return sum(len(generation) for generation in self._sets)
+
+
+class StoreIds:
+    """Inference ids of the predictions in the capture store, read incrementally.
+
+    Another server (the other slot during a release, a replica, this server before a restart)
+    may have answered the prediction a label is for. `refresh` reads the `inference_id` column
+    of prediction files written since its last look: when a writer's marker says there are new
+    files (checked at most every `min_interval` seconds), else every FULL_WALK_SECONDS. An hour
+    directory whose mtime is older than the last look is skipped without listing it.
+    """
+
+    SLACK_NS = 5_000_000_000  # files renamed into place a little after they were written
+    FULL_WALK_SECONDS = 5.0
+
+    def __init__(self, root: Path, into: RecentIds, capacity: int = KNOWN_IDS) -> None:
+        self.root = root
+        self.into = into
+        self.capacity = capacity
+        self.min_interval = 0.1
+        self._lock = threading.Lock()
+        self._looked = self._walked = -math.inf
+        self._marker: int | None = None
+        self._watermark: int | None = None  # newest file mtime (ns) read so far
+        self._read: dict[str, int] = {}  # recent files already read -> mtime
+
+    def refresh(self) -> bool:
+        """Read what is new; False when there was nothing to look at (or it just looked)."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._looked < self.min_interval:
+                return False
+            self._looked = now
+            try:
+                marker = (self.root / MARKER).stat().st_mtime_ns
+            except OSError:
+                marker = None
+            if marker == self._marker and now - self._walked < self.FULL_WALK_SECONDS:
+                return False
+            self._marker, self._walked = marker, now
+            self._walk()
+            return True
+
+    def _walk(self) -> None:
+        cutoff = None if self._watermark is None else self._watermark - self.SLACK_NS
+        files = sorted(self._new_files(cutoff), reverse=True)  # newest first
+        ids: list[str] = []
+        for mtime, path in files:
+            if len(ids) >= self.capacity:
+                break
+            try:
+                column = pq.ParquetFile(path).read(columns=["inference_id"]).column(0)
+            except (OSError, pa.ArrowException):
+                continue  # removed or unreadable since it was listed
+            ids += [i for i in column.to_pylist() if i is not None]
+            self._read[path] = mtime
+            self._watermark = max(self._watermark or 0, mtime)
+        if self._watermark is None:
+            self._watermark = 0
+        floor = self._watermark - self.SLACK_NS
+        self._read = {p: m for p, m in self._read.items() if m >= floor}
+        self.into.add(reversed(ids[: self.capacity]))  # oldest first: the newest stay longest
+
+    def _new_files(self, cutoff: int | None) -> Iterable[tuple[int, str]]:
+        for day in _subdirs(self.root, "dt="):
+            for hour in _subdirs(Path(day.path), "hour="):
+                try:
+                    if cutoff is not None and hour.stat().st_mtime_ns < cutoff:
+                        continue
+                    entries = list(os.scandir(hour.path))
+                except OSError:
+                    continue
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.name.endswith(".parquet"):
+                        continue
+                    try:
+                        mtime = entry.stat().st_mtime_ns
+                    except OSError:
+                        continue
+                    if (cutoff is None or mtime >= cutoff) and entry.path not in self._read:
+                        yield mtime, entry.path
+
+
+def _subdirs(path: Path, prefix: str) -> list[os.DirEntry]:
+    try:
+        return [
+            e
+            for e in os.scandir(path)
+            if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)
+        ]
+    except OSError:
+        return []
+
+
+class LabelGate:
+    """Which labels are stored: those for an inference id this server answered or the capture
+    store holds, and only the first label of each id. The rest are counted, never stored."""
+
+    def __init__(self, store: Path | None, capacity: int = KNOWN_IDS) -> None:
+        self.seen = RecentIds(capacity)
+        self.labelled = RecentIds(capacity)
+        self.store = None if store is None else StoreIds(store, self.seen, capacity)
+        self._lock = threading.Lock()
+        self._counters = capture_counters()
+        if self.store is not None:  # read what the store holds while the server starts up
+            threading.Thread(target=self.store.refresh, name="capture-ids", daemon=True).start()
+
+    def answered(self, ids: Iterable[str]) -> None:
+        self.seen.add(ids)
+
+    def admit(self, labels: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+        """(labels to store, unknown ids, repeated labels)."""
+        if self.store is not None and any(x["inference_id"] not in self.seen for x in labels):
+            self.store.refresh()
+        accepted: list[dict[str, Any]] = []
+        unknown = repeated = 0
+        with self._lock:  # check and mark together: two requests cannot both be "first"
+            for item in labels:
+                i = item["inference_id"]
+                if i not in self.seen:
+                    unknown += 1
+                elif i in self.labelled:
+                    repeated += 1
+                else:
+                    self.labelled.add([i])
+                    accepted.append(item)
+        if unknown:
+            self._counters["unknown_labels"].inc(unknown)
+        if repeated:
+            self._counters["relabels"].inc(repeated)
+        return accepted, unknown, repeated

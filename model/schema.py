@@ -50,6 +50,98 @@ class InputError(ValueError):
     """A request the model cannot answer; the message names the column and the problem."""
 
 
+MAX_ID_CHARS = 256  # an inference id
+MAX_TEXT_CHARS = 1024  # a category or a class label
+
+
+def _short(value: Any) -> str:
+    """A value for an error message, cut so a hostile one cannot fill the answer."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def as_finite_float(value: Any) -> float | None:
+    """A JSON number as a finite float64; None for anything else (bool, NaN, inf, a number too
+    large for a float, a string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def validate_ids(ids: list[Any] | None, n: int) -> list[str] | None:
+    """The caller's inference ids: one non-empty string of at most MAX_ID_CHARS per record."""
+    if ids is None:
+        return None
+    if len(ids) != n:
+        raise InputError(f"ids has {len(ids)} entries for {n} records")
+    for i, value in enumerate(ids):
+        _check_id(f"ids[{i}]", value)
+    return list(ids)
+
+
+def _check_id(field: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise InputError(f"{field}: an inference id must be a string, got {type(value).__name__}")
+    if not value or len(value) > MAX_ID_CHARS:
+        raise InputError(f"{field}: an inference id has 1 to {MAX_ID_CHARS} characters")
+
+
+def validate_labels(
+    labels: list[Any], schema: FeatureSchema, max_batch: int
+) -> list[dict[str, Any]]:
+    """Labels as stored: `{inference_id, label}` with a finite float (regression) or the string
+    form of one of the model's classes. The message names `labels[i]` and the field."""
+    if len(labels) > max_batch:
+        raise InputError(f"batch of {len(labels)} labels exceeds the limit of {max_batch}")
+    return [_label(i, item, schema) for i, item in enumerate(labels)]
+
+
+def _label(i: int, item: Any, schema: FeatureSchema) -> dict[str, Any]:
+    if not isinstance(item, dict) or "inference_id" not in item or "label" not in item:
+        raise InputError(f"labels[{i}]: expected an object with inference_id and label")
+    extra = sorted(set(item) - {"inference_id", "label"})
+    if extra:
+        raise InputError(f"labels[{i}]: unexpected field(s) {[_short(k) for k in extra[:5]]}")
+    _check_id(f"labels[{i}].inference_id", item["inference_id"])
+    label = item["label"]
+    if schema.task == "regression":
+        number = as_finite_float(label)
+        if number is None:
+            raise InputError(
+                f"labels[{i}].label: must be a number, finite and within float64, for a "
+                f"regression model; got {type(label).__name__} {_short(label)}"
+            )
+        return {"inference_id": item["inference_id"], "label": number}
+    return {"inference_id": item["inference_id"], "label": _class_of(i, label, schema.classes)}
+
+
+def _class_of(i: int, label: Any, classes: list[Any] | None) -> str:
+    """The stored (string) form of the class `label` names, by value or by its string form."""
+    field = f"labels[{i}].label"
+    if label is None or isinstance(label, dict | list):
+        raise InputError(f"{field}: must be a class of the model, got {_short(label)}")
+    if isinstance(label, str) and len(label) > MAX_TEXT_CHARS:
+        raise InputError(f"{field}: a class label has at most {MAX_TEXT_CHARS} characters")
+    if classes is None:  # a model stored without its classes: any short string or number
+        if isinstance(label, float) and not math.isfinite(label):
+            raise InputError(f"{field}: must be a class of the model, got {_short(label)}")
+        return str(label)
+    for known in classes:
+        same_kind = isinstance(label, bool) == isinstance(known, bool)
+        if (same_kind and not isinstance(label, str) and label == known) or (
+            isinstance(label, str) and label == str(known)
+        ):
+            return str(known)
+    raise InputError(
+        f"{field}: {_short(label)} is not a class of the model; classes: "
+        f"{[_short(c) for c in classes[:20]]}"
+    )
+
+
 def validate_records(records: list[dict[str, Any]], schema: FeatureSchema, max_batch: int) -> None:
     """Reject what would otherwise surface as a 500 deep inside scikit-learn."""
     if not records:
@@ -65,7 +157,8 @@ def validate_records(records: list[dict[str, Any]], schema: FeatureSchema, max_b
             raise InputError(f"record {i}: missing column(s) {missing}")
         extra = sorted(set(record) - expected)
         if extra:
-            raise InputError(f"record {i}: unexpected column(s) {extra}; expected {schema.columns}")
+            shown = [k if len(k) <= 40 else _short(k) for k in extra[:10]]
+            raise InputError(f"record {i}: unexpected column(s) {shown}; expected {schema.columns}")
         for column in schema.columns:
             _check_value(i, column, record[column], schema)
 
@@ -80,12 +173,18 @@ def _check_value(i: int, column: str, value: Any, schema: FeatureSchema) -> None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(
                 f"record {i}: column {column!r} must be a number, got {type(value).__name__} "
-                f"{value!r}"
+                f"{_short(value)}"
             )
-        if math.isinf(value):
-            raise InputError(f"record {i}: column {column!r} is infinite")
+        if as_finite_float(value) is None:
+            what = "infinite" if isinstance(value, float) else "too large for a float64"
+            raise InputError(f"record {i}: column {column!r} is {what}")
     elif not isinstance(value, str | int | float | bool):
         raise InputError(
             f"record {i}: column {column!r} must be a string or number (a category), "
             f"got {type(value).__name__}"
+        )
+    elif len(str(value)) > MAX_TEXT_CHARS:
+        raise InputError(
+            f"record {i}: column {column!r} is {len(str(value))} characters long; a category "
+            f"has at most {MAX_TEXT_CHARS}"
         )

@@ -4,13 +4,21 @@ and captures every prediction (and later label) for the monitor.
 The model tag comes only from `bentoml build --arg model_tag=NAME:VERSION`, so a bento always
 serves the model it was built with (a `:latest` lookup would follow the store instead). Capture
 is configured by the launcher through the environment (see model/capture.py).
+
+With DRIFTLOOP_CAPTURE_TOKEN in the server's environment every endpoint but the health checks
+and /metrics asks for `Authorization: Bearer <token>`. Whatever a caller sends, a bad request is
+a 4xx naming the field, never a 500, and nothing of it is captured.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,15 +34,26 @@ from model.capture import (
     LABELS,
     PREDICTIONS,
     SAMPLE_RATE_ENV,
+    TOKEN_ENV,
     CaptureWriter,
+    EventWindow,
+    LabelGate,
+    capture_counters,
     capture_schema,
     label_rows,
     now_utc,
-    parse_time,
     prediction_rows,
 )
 from model.frames import feature_frame
-from model.schema import FeatureSchema, InputError, validate_records
+from model.schema import (
+    FeatureSchema,
+    InputError,
+    validate_ids,
+    validate_labels,
+    validate_records,
+)
+
+log = logging.getLogger("driftloop.service")
 
 
 class BuildArgs(pydantic.BaseModel):
@@ -49,6 +68,48 @@ if not ARGS.model_tag or ARGS.model_tag.endswith(":latest") or ":" not in ARGS.m
     )
 
 
+# scikit-learn's words for a finite input its scaling pushed past float64 (1e308 / 0.1)
+TOO_EXTREME = re.compile(r"infinity|NaN|too large", re.IGNORECASE)
+OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
+JSON_PATHS = frozenset({"/predict", "/feedback"})
+
+
+class CaptureGuard:
+    """ASGI middleware in front of the endpoints: the bearer token, when the server has one
+    (compared in constant time), and JSON bodies only on /predict and /feedback (BentoML's form
+    parsing would otherwise turn a malformed field into a 500)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        self.digest = hashlib.sha256(token.encode()).digest() if token else None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.digest is not None and not self._authorized(headers.get(b"authorization", b"")):
+            return await _reply(send, 401, "send Authorization: Bearer <token>", bearer=True)
+        media = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        if scope["path"] in JSON_PATHS and media.lower() not in (b"application/json", b""):
+            return await _reply(send, 415, "send the body as application/json")
+        return await self.app(scope, receive, send)
+
+    def _authorized(self, header: bytes) -> bool:
+        scheme, _, credentials = header.partition(b" ")
+        offered = hashlib.sha256(credentials.strip()).digest()
+        return hmac.compare_digest(offered, self.digest) and scheme.lower() == b"bearer"
+
+
+async def _reply(send: Any, status: int, error: str, bearer: bool = False) -> None:
+    body = json.dumps({"error": error}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if bearer:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 @bentoml.service(traffic={"timeout": 30}, workers=1)
 class Predictor:
     model_ref = bentoml.models.BentoModel(ARGS.model_tag)
@@ -60,7 +121,10 @@ class Predictor:
         self.schema = FeatureSchema.model_validate(meta["schema"])
         self.model_tag = str(stored.tag)
         self.bento = f"{bentoml.server_context.bento_name}:{bentoml.server_context.bento_version}"
+        capture_counters()  # on /metrics from the start, at zero
+        self.window = EventWindow.from_env()
         self.capture = self._capture_writer()
+        self.labels = None if self.capture is None else LabelGate(self.capture.root / PREDICTIONS)
 
     def _capture_writer(self) -> CaptureWriter | None:
         root = os.environ.get(CAPTURE_DIR_ENV)
@@ -91,38 +155,45 @@ class Predictor:
         try:
             validate_records(records, self.schema, ARGS.max_batch)
             ids, times = self._ids_and_times(len(records), ids, timestamps)
+            features = feature_frame(
+                pd.DataFrame.from_records(records), self.schema.numeric, self.schema.categorical
+            )
+            predictions, probabilities = self._predict(features)
         except InputError as exc:
             raise InvalidArgument(str(exc)) from None
-        features = feature_frame(
-            pd.DataFrame.from_records(records), self.schema.numeric, self.schema.categorical
-        )
-        predictions = self.pipeline.predict(features).tolist()
         answer: dict[str, Any] = {
             "predictions": predictions,
             "ids": ids,
             "model": self.model_tag,
             "bento": self.bento,
         }
-        probabilities = None
-        if self.schema.task != "regression" and hasattr(self.pipeline, "predict_proba"):
-            probabilities = self.pipeline.predict_proba(features).round(6).tolist()
+        if probabilities is not None:
             answer["probabilities"] = probabilities
             answer["classes"] = self.schema.classes
-        if self.capture is not None and not probe and self.capture.sampled():
-            self._record(features, predictions, probabilities, ids, times)
+        if self.capture is not None and not probe:
+            self.labels.answered(ids)
+            if self.capture.sampled():
+                self._record(features, predictions, probabilities, ids, times)
         return answer
 
     @bentoml.api
     def feedback(self, labels: list[dict[str, Any]]) -> dict[str, Any]:
-        """Ground truth arriving later, keyed by inference id: `[{inference_id, label}]`."""
+        """Ground truth arriving later, keyed by inference id: `[{inference_id, label}]`.
+
+        A label is a finite number (regression) or one of the model's classes. Only labels for
+        ids this server answered (or the capture store holds) are stored, and only the first
+        label of an id: the others are counted on /metrics and left out (`unknown`,
+        `ignored_relabels` in the answer). At most `max_batch` labels a request."""
         if self.capture is None:
             raise InvalidArgument("capture is off on this server; labels cannot be stored")
         try:
-            cleaned = [self._label(i, item) for i, item in enumerate(labels)]
+            cleaned = validate_labels(labels, self.schema, ARGS.max_batch)
         except InputError as exc:
             raise InvalidArgument(str(exc)) from None
-        self.capture.add(LABELS, label_rows(cleaned, now_utc()))
-        return {"accepted": len(cleaned)}
+        accepted, unknown, repeated = self.labels.admit(cleaned)
+        if accepted:
+            self.capture.add(LABELS, label_rows(accepted, now_utc()))
+        return {"accepted": len(accepted), "unknown": unknown, "ignored_relabels": repeated}
 
     @bentoml.on_shutdown
     def close_capture(self) -> None:
@@ -130,19 +201,49 @@ class Predictor:
             self.capture.close()
 
     def _ids_and_times(self, n: int, ids, timestamps):
-        if ids is not None and len(ids) != n:
-            raise InputError(f"ids has {len(ids)} entries for {n} records")
-        if timestamps is not None and len(timestamps) != n:
+        ids = validate_ids(ids, n) or [uuid.uuid4().hex for _ in range(n)]
+        now = now_utc()
+        if timestamps is None:
+            return ids, [now] * n
+        if len(timestamps) != n:
             raise InputError(f"timestamps has {len(timestamps)} entries for {n} records")
-        ids = [str(i) for i in ids] if ids else [uuid.uuid4().hex for _ in range(n)]
-        try:
-            now = now_utc()
-            times = [parse_time(t) for t in timestamps] if timestamps else [now] * n
-        except ValueError as exc:
-            raise InputError(
-                f"timestamps: {exc}; use ISO 8601, e.g. 2011-04-01T08:00:00Z"
-            ) from None
+        times = []
+        for i, value in enumerate(timestamps):
+            try:
+                times.append(self.window.check(value, now))
+            except ValueError as exc:
+                raise InputError(f"timestamps[{i}]: {exc}") from None
         return ids, times
+
+    def _predict(self, features: pd.DataFrame) -> tuple[list, list | None]:
+        """Predictions (and class probabilities); InputError when the model cannot give finite
+        ones for these values (a number far beyond anything it was trained on, say)."""
+        try:
+            raw = self.pipeline.predict(features)
+            proba = None
+            if self.schema.task != "regression" and hasattr(self.pipeline, "predict_proba"):
+                proba = self.pipeline.predict_proba(features)
+        except (ValueError, OverflowError, FloatingPointError) as exc:
+            if isinstance(exc, ValueError) and not TOO_EXTREME.search(str(exc)):
+                raise  # not the input's fault: a 500, which the roll-forward watch counts
+            log.warning("the model refused a request's features: %s", exc)
+            raise InputError(
+                f"records: the model cannot use these values ({str(exc)[:200]})"
+            ) from None
+        if self.schema.task == "regression":
+            bad = [i for i, p in enumerate(raw) if not math.isfinite(float(p))]
+            if bad:
+                raise InputError(
+                    f"record {bad[0]}: the model gives no finite prediction for these features"
+                )
+        if proba is not None:
+            bad = [i for i, row in enumerate(proba) if not all(math.isfinite(x) for x in row)]
+            if bad:
+                raise InputError(
+                    f"record {bad[0]}: the model gives no finite probabilities for these features"
+                )
+            proba = proba.round(6).tolist()
+        return raw.tolist(), proba
 
     def _record(self, features: pd.DataFrame, predictions, probabilities, ids, times) -> None:
         typed = features.astype(object).where(features.notna(), None).to_dict(orient="records")
@@ -155,14 +256,5 @@ class Predictor:
             ),
         )
 
-    def _label(self, i: int, item: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(item, dict) or "inference_id" not in item or "label" not in item:
-            raise InputError(f"label {i}: expected an object with inference_id and label")
-        label = item["label"]
-        if self.schema.task == "regression":
-            if isinstance(label, bool) or not isinstance(label, int | float) or math.isnan(label):
-                raise InputError(f"label {i}: must be a number for a regression model")
-            return {"inference_id": item["inference_id"], "label": float(label)}
-        if label is None:
-            raise InputError(f"label {i}: is null")
-        return {"inference_id": item["inference_id"], "label": str(label)}
+
+Predictor.add_asgi_middleware(CaptureGuard)

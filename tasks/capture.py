@@ -1,9 +1,16 @@
-"""Reading the capture store: a time window of predictions joined with the labels that arrived."""
+"""Reading the capture store: a time window of predictions joined with the labels that arrived.
+
+The first label to arrive for an inference id is the one joined (the service stores only the
+first, and the reader holds to it when two servers each stored one). A partition directory whose
+name is not `dt=YYYY-MM-DD` is skipped with a warning rather than failing the read.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +21,10 @@ from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from model.capture import LABELS, PREDICTIONS, capture_schema
+
+log = logging.getLogger("driftloop.capture")
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+HOUR = re.compile(r"hour=([01]\d|2[0-3])")
 
 
 @dataclass(frozen=True)
@@ -57,9 +68,11 @@ def read_window(project: Project, start: datetime, end: datetime) -> Window:
         axis=1,
     )
     labels = _read(capture_root(project) / LABELS, schemas[LABELS], start, None).to_pandas()
-    latest = labels.sort_values("timestamp").drop_duplicates("inference_id", keep="last")
+    first = labels.sort_values("timestamp", kind="stable").drop_duplicates(
+        "inference_id", keep="first"
+    )
     frame = frame.merge(
-        latest[["inference_id", "label"]], on="inference_id", how="left", validate="many_to_one"
+        first[["inference_id", "label"]], on="inference_id", how="left", validate="many_to_one"
     )
     coverage = float(frame["label"].notna().mean()) if len(frame) else 0.0
     return Window(start=start, end=end, frame=frame, label_coverage=coverage)
@@ -81,22 +94,49 @@ def _read(root: Path, schema: pa.Schema, start: datetime, end: datetime | None) 
     condition = time >= pa.scalar(start, type=schema.field("timestamp").type)
     if end is not None:
         condition &= time < pa.scalar(end, type=schema.field("timestamp").type)
-    files = [f for f in dataset.files if _day_in_range(f, start, end)]
+    skipped: set[str] = set()
+    files = [f for f in dataset.files if _day_in_range(f, root, start, end, skipped)]
+    if skipped:
+        log.warning(
+            "capture: skipped %d director%s under %s not named dt=YYYY-MM-DD/hour=HH, e.g. %s",
+            len(skipped),
+            "y" if len(skipped) == 1 else "ies",
+            root,
+            min(skipped),
+        )
     if not files:
         return schema.empty_table()
     pruned = ds.dataset(files, schema=schema, format="parquet")
     return pruned.to_table(filter=condition)
 
 
-def _day_in_range(path: str, start: datetime, end: datetime | None) -> bool:
-    """Partition pruning on dt=YYYY-MM-DD without listing rows."""
-    for part in Path(path).parts:
-        if part.startswith("dt="):
-            day = datetime.fromisoformat(part[3:]).date()
-            if day < start.date():
-                return False
-            return end is None or day <= (end - timedelta(microseconds=1)).date()
-    return True
+def _day_in_range(
+    path: str, root: Path, start: datetime, end: datetime | None, skipped: set[str]
+) -> bool:
+    """Partition pruning on dt=YYYY-MM-DD/hour=HH without listing rows; a file anywhere else
+    (a directory whose name does not parse) is left out and that directory added to `skipped`."""
+    try:
+        parts = Path(path).relative_to(root).parts
+    except ValueError:  # a path spelt differently from root: its last three parts
+        parts = Path(path).parts[-3:]
+    day = _day(parts)
+    if day is None:
+        skipped.add("/".join(parts[:-1]) or parts[0])
+        return False
+    if day < start.date():
+        return False
+    return end is None or day <= (end - timedelta(microseconds=1)).date()
+
+
+def _day(parts: tuple[str, ...]) -> date | None:
+    if len(parts) != 3 or not parts[0].startswith("dt=") or not HOUR.fullmatch(parts[1]):
+        return None
+    if not DAY.fullmatch(parts[0][3:]):
+        return None
+    try:
+        return date.fromisoformat(parts[0][3:])
+    except ValueError:
+        return None
 
 
 @task(name="read_window", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)

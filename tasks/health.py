@@ -20,6 +20,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.loader import Project
+from model.capture import auth_headers
 from tasks.commands import CommandError, run
 from tasks.package import bentoml_env
 
@@ -54,7 +55,7 @@ def offline_sample(project: Project, model_tag: str) -> SmokeSample:
 
 def predict(url: str, records: list[dict], timeout: float = 10) -> dict:
     body = {"records": records, "probe": True}  # answered like any request, never captured
-    response = httpx.post(f"{url}/predict", json=body, timeout=timeout)
+    response = httpx.post(f"{url}/predict", json=body, headers=auth_headers(), timeout=timeout)
     if response.status_code != 200:
         raise HealthError(f"{url}/predict answered {response.status_code}: {response.text[:200]}")
     return response.json()

@@ -17,7 +17,14 @@ from pathlib import Path
 import httpx
 
 from config.loader import Project
-from model.capture import CAPTURE_DIR_ENV, FLUSH_SECONDS_ENV, SAMPLE_RATE_ENV
+from model.capture import (
+    CAPTURE_DIR_ENV,
+    FLUSH_SECONDS_ENV,
+    MAX_AGE_DAYS_ENV,
+    MAX_FUTURE_SECONDS_ENV,
+    SAMPLE_RATE_ENV,
+    TOKEN_ENV,
+)
 from tasks.commands import CommandError, bin_path, tool_env
 from tasks.package import bentoml_home
 
@@ -47,13 +54,24 @@ def slot_home(project: Project, port: int) -> Path:
 
 
 def capture_env(project: Project) -> dict[str, str]:
-    """The service's capture settings, from config (see model/capture.py)."""
+    """The service's capture settings, from config (see model/capture.py), and the endpoints'
+    bearer token when DRIFTLOOP_CAPTURE_TOKEN is set here (secrets only ever from the
+    environment)."""
     capture = project.config.capture
+    age = capture.max_event_age_days
     return {
         CAPTURE_DIR_ENV: str(project.resolve(capture.path)),
         SAMPLE_RATE_ENV: str(capture.sample_rate),
         FLUSH_SECONDS_ENV: str(capture.flush_seconds),
+        MAX_FUTURE_SECONDS_ENV: str(capture.max_event_future_seconds),
+        MAX_AGE_DAYS_ENV: "" if age is None else str(age),
+        **token_env(),
     }
+
+
+def token_env() -> dict[str, str]:
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return {TOKEN_ENV: token} if token else {}
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -78,7 +96,7 @@ def start_server(project: Project, bento: str, port: int, capture: bool = True) 
             "BENTOML_HOME": str(home),
             "BENTOML_DO_NOT_TRACK": "true",
             **thread_env(project),
-            **(capture_env(project) if capture else {CAPTURE_DIR_ENV: ""}),
+            **(capture_env(project) if capture else {CAPTURE_DIR_ENV: "", **token_env()}),
         }
     )
     with log.open("wb") as out:  # one log per start: old failures must not count
@@ -179,6 +197,8 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
     command = [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.touch(mode=0o600)  # it may carry the capture token
+    conf.chmod(0o600)
     conf.write_text("\n".join(stack.program_section(project, f"bento-{slot}", command, env)) + "\n")
     log = stack.log_dir(project) / f"bento-{slot}.log"
     offset = log.stat().st_size if log.exists() else 0  # the log is shared across starts

@@ -15,6 +15,7 @@ import httpx
 import pandas as pd
 
 from config.loader import Project
+from model.capture import auth_headers
 from model.frames import read_table
 
 
@@ -74,7 +75,9 @@ def _json_value(value: Any) -> Any:
 
 def predict(url: str, records: list[dict[str, Any]], timeout: float = 30) -> dict[str, Any]:
     """POST records to `url`/predict; raises httpx.HTTPStatusError with the server's message."""
-    response = httpx.post(f"{url}/predict", json={"records": records}, timeout=timeout)
+    response = httpx.post(
+        f"{url}/predict", json={"records": records}, headers=auth_headers(), timeout=timeout
+    )
     response.raise_for_status()
     return response.json()
 
@@ -116,7 +119,7 @@ def replay(
     t0, wall0 = times[order[0]], time.monotonic()
     pending: list[tuple[datetime, str, Any]] = []  # (due event time, id, label)
     stats = ReplayStats()
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=auth_headers()) as client:
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
             if live:  # one stamp per batch: labels due "now" are due for all of it

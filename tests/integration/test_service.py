@@ -104,7 +104,8 @@ def test_predictions_and_labels_are_captured(served):
         {"inference_id": i, "label": float(t)}
         for i, t in zip(ids[:4], sample.targets[:4], strict=True)
     ]
-    assert httpx.post(f"{server.url}/feedback", json={"labels": labels}).json() == {"accepted": 4}
+    answer_labels = httpx.post(f"{server.url}/feedback", json={"labels": labels}).json()
+    assert answer_labels == {"accepted": 4, "unknown": 0, "ignored_relabels": 0}
     start = datetime(2011, 6, 1, tzinfo=UTC)
     deadline = time.monotonic() + 10
     # predictions and labels reach disk on the flush thread's ticks, maybe not the same one
@@ -124,8 +125,8 @@ def test_predictions_and_labels_are_captured(served):
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"labels": [{"inference_id": "x"}]}, "expected an object with inference_id and label"),
-        ({"labels": [{"inference_id": "x", "label": "many"}]}, "must be a number"),
+        ({"labels": [{"inference_id": "x"}]}, "labels[0]: expected an object with inference_id"),
+        ({"labels": [{"inference_id": "x", "label": "many"}]}, "labels[0].label: must be a number"),
     ],
 )
 def test_bad_labels_get_4xx(served, body, needle):

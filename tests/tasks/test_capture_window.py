@@ -91,7 +91,7 @@ def test_window_selects_by_event_time_and_joins_labels(tmp_path):
     assert window.label_coverage == pytest.approx(6 / 24)
 
 
-def test_latest_label_wins_and_unknown_ids_are_ignored(tmp_path):
+def test_first_label_wins_and_unknown_ids_are_ignored(tmp_path):
     proj = project(tmp_path)
     w = writer(proj)
     w.add(PREDICTIONS, rows(2, T0, timedelta(minutes=1)))
@@ -105,7 +105,7 @@ def test_latest_label_wins_and_unknown_ids_are_ignored(tmp_path):
     )
     w.close()
     labels = read_window(proj, T0, T0 + timedelta(hours=1)).frame.set_index("inference_id")["label"]
-    assert labels["i0"] == 2.0
+    assert labels["i0"] == 1.0  # a later label (another server stored it) never overrides
     assert pd.isna(labels["i1"])
     assert "nobody" not in labels.index
 
@@ -141,6 +141,77 @@ def test_full_buffer_drops_and_counts_instead_of_blocking(tmp_path):
     assert read_window(proj, T0, T0 + timedelta(seconds=1)).rows == 10
 
 
+def dropped_metric(kind: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("driftloop_capture_dropped_total", {"kind": kind}) or 0.0
+
+
+def test_a_flood_of_labels_never_pushes_predictions_out(tmp_path, caplog):
+    proj = project(tmp_path)
+    w = writer(proj, max_buffer=10)
+    before = dropped_metric(LABELS), dropped_metric(PREDICTIONS)
+    flood = [{"inference_id": f"x{i}", "label": 1.0} for i in range(1000)]
+    with caplog.at_level("WARNING", logger="driftloop.capture"):
+        for _ in range(5):
+            w.add(LABELS, label_rows(flood, T0))
+    w.add(PREDICTIONS, rows(10, T0, timedelta(0)))
+    assert w.dropped_by_kind == {PREDICTIONS: 0, LABELS: 5000 - 10}
+    assert dropped_metric(LABELS) - before[0] == 5000 - 10
+    assert dropped_metric(PREDICTIONS) == before[1]
+    drops = [r for r in caplog.records if "capture dropped" in r.getMessage()]
+    assert len(drops) == 1  # one line, not one per request
+    w.close()
+    assert read_window(proj, T0, T0 + timedelta(seconds=1)).rows == 10
+
+
+def test_a_group_that_cannot_be_written_is_counted_and_the_rest_still_lands(tmp_path):
+    proj = project(tmp_path)
+    w = writer(proj)
+    before = dropped_metric(PREDICTIONS)
+    bad = rows(1, T0 + timedelta(hours=1), timedelta(0), "bad")
+    bad[0]["prediction"] = "not a float"
+    w.add(PREDICTIONS, rows(3, T0, timedelta(0)) + bad)
+    w.close()
+    assert dropped_metric(PREDICTIONS) - before == 1
+    assert read_window(proj, T0, T0 + timedelta(hours=2)).rows == 3
+
+
+def test_partitions_have_four_digit_years(tmp_path):
+    from model.capture import partition
+
+    assert partition(datetime(999, 6, 1, 7, tzinfo=UTC)) == ("dt=0999-06-01", "hour=07")
+    proj = project(tmp_path)
+    w = writer(proj)
+    w.add(PREDICTIONS, rows(1, datetime(1971, 2, 3, 4, tzinfo=UTC), timedelta(0)))
+    w.close()
+    (part,) = (tmp_path / "capture/predictions").rglob("*.parquet")
+    assert part.parent.relative_to(tmp_path / "capture/predictions").as_posix() == (
+        "dt=1971-02-03/hour=04"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", ["dt=999-06-01/hour=00", "dt=2011-13-01/hour=00", "dt=garbage", "dt=2011-04-01/hour=x"]
+)
+def test_a_partition_that_does_not_parse_is_skipped_with_a_warning(tmp_path, caplog, bad):
+    import pyarrow.parquet as pq
+
+    proj = project(tmp_path)
+    w = writer(proj)
+    w.add(PREDICTIONS, rows(4, T0, timedelta(minutes=1)))
+    w.close()
+    good = next((tmp_path / "capture/predictions").rglob("*.parquet"))
+    stray = tmp_path / "capture/predictions" / bad / "part-1.parquet"
+    stray.parent.mkdir(parents=True)
+    pq.write_table(pq.read_table(good), stray)  # the same rows again, in the wrong place
+    with caplog.at_level("WARNING", logger="driftloop.capture"):
+        window = read_window(proj, T0, T0 + timedelta(hours=1))
+    assert window.rows == 4
+    (line,) = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert bad.split("/")[0] in line
+
+
 def test_classifier_predictions_and_labels_are_strings(tmp_path):
     proj = project(tmp_path, task="binary")
     w = writer(proj)
@@ -150,3 +221,75 @@ def test_classifier_predictions_and_labels_are_strings(tmp_path):
     w.close()
     frame = read_window(proj, T0, T0 + timedelta(seconds=1)).frame
     assert frame[["prediction", "label"]].iloc[0].tolist() == ["yes", "no"]
+
+
+def test_event_window_refuses_times_outside_it():
+    from model.capture import EventWindow
+
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    window = EventWindow()
+    assert window.check("2011-04-01T08:00:00Z", now) == T0
+    assert window.check("2026-06-01T12:04:00+00:00", now) > now  # within the 300 s of skew
+    for bad, needle in [
+        ("9999-12-30T00:00:00Z", "ahead of the server's clock"),
+        ("0999-06-01T00:00:00Z", "before 1970-01-01"),
+        ("0001-01-01T00:00+01:00", "outside the years 1 to 9999"),
+        ("9999-12-31T23:00-05:00", "outside the years 1 to 9999"),
+        ("999-06-01", "Invalid isoformat"),
+        ("", "is empty"),
+        ("2011-04-01" + " " * 100, "characters long"),
+        (12, "must be an ISO 8601 string"),
+    ]:
+        with pytest.raises(ValueError, match=needle):
+            window.check(bad, now)
+    week = EventWindow(max_future_seconds=0, max_age_days=7)
+    with pytest.raises(ValueError, match="before 2026-05-25"):
+        week.check("2026-05-20T00:00:00Z", now)
+    with pytest.raises(ValueError, match="ahead"):
+        week.check("2026-06-01T12:00:01Z", now)
+
+
+def test_recent_ids_forget_the_oldest_generation_only():
+    from model.capture import RecentIds
+
+    ids = RecentIds(capacity=8, generations=4)
+    ids.add(f"a{i}" for i in range(8))
+    assert all(f"a{i}" in ids for i in range(8))
+    ids.add(["b0", "b1"])  # a fifth generation: the oldest two go
+    assert "a0" not in ids and "a1" not in ids and "a2" in ids and "b1" in ids
+    assert len(ids) <= 8
+
+
+def test_labels_match_ids_another_server_wrote_to_the_store(tmp_path):
+    from model.capture import LabelGate
+
+    proj = project(tmp_path)
+    other = writer(proj)  # the other slot: its predictions reach the store, not this memory
+    other.add(PREDICTIONS, rows(3, T0, timedelta(minutes=1), "blue-"))
+    other.close()
+    gate = LabelGate(tmp_path / "capture" / PREDICTIONS)
+    gate.answered(["green-0"])
+    accepted, unknown, repeated = gate.admit(
+        [
+            {"inference_id": "blue-0", "label": 1.0},
+            {"inference_id": "green-0", "label": 2.0},
+            {"inference_id": "nobody", "label": 3.0},
+            {"inference_id": "blue-0", "label": 4.0},
+        ]
+    )
+    assert [a["label"] for a in accepted] == [1.0, 2.0]
+    assert (unknown, repeated) == (1, 1)
+    later = writer(proj)  # written after the first look: found on the next one
+    later.add(PREDICTIONS, rows(1, T0, timedelta(0), "late-"))
+    later.close()
+    gate.store.min_interval = 0
+    assert gate.admit([{"inference_id": "late-0", "label": 5.0}])[0] == [
+        {"inference_id": "late-0", "label": 5.0}
+    ]
+
+
+def test_an_age_limit_past_year_one_leaves_1970_the_floor():
+    from model.capture import EventWindow
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert EventWindow(max_age_days=1e9).check("1970-01-01T00:00:00Z", now).year == 1970
