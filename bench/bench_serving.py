@@ -297,7 +297,9 @@ class FirstAnswer:
     def _poll(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=5) as client:
+        from model.capture import auth_headers
+
+        with httpx.Client(timeout=5, headers=auth_headers()) as client:
             while not self._stop.is_set() and self.seen_at is None:
                 try:
                     answer = client.post(f"{self.url}/predict", json={"records": self.records})
