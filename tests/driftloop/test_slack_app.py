@@ -389,7 +389,7 @@ def test_a_click_from_another_workspace_is_refused_audited_and_told(project, sla
 
 
 def test_without_approval_slack_team_id_no_slack_click_decides(tmp_path, slack):
-    unset = project_copy(tmp_path)  # the repo's default: slack_team_id ""
+    unset = project_copy(tmp_path, {"approval": {"slack_team_id": ""}})  # the repo's default
     assert unset.config.approval.slack_team_id == ""
     submit = FakeSubmit()
     app = create_app(unset, Interactions(unset, submit=submit), signing_secret=SIGNING_SECRET)
