@@ -15,7 +15,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
-from model import artifacts
 from tasks.commands import CommandError, bin_path, run
 
 
@@ -32,13 +31,6 @@ def bentoml_home(project: Project) -> Path:
 
 def bentoml_env(project: Project) -> dict[str, str]:
     return {"BENTOML_HOME": str(bentoml_home(project)), "BENTOML_DO_NOT_TRACK": "true"}
-
-
-def read_model_meta(project: Project) -> dict:
-    meta_path = project.resolve(artifacts.MODEL_META)
-    if not meta_path.is_file():
-        raise CommandError(f"no trained model at {artifacts.MODEL_DIR}; run `dvc repro` first")
-    return json.loads(meta_path.read_text())
 
 
 def register_model(project: Project) -> str:
