@@ -160,6 +160,21 @@ class StubRun:
         self.thread.join(30)
 
 
+def decide_args(verb: str, run: StubRun, who: str, *extra: str) -> list[str]:
+    """`driftloop approve|reject` for a stub run, on its evidence, as `who`, with its config."""
+    return [
+        verb,
+        run.run_id,
+        "--evidence",
+        run.hash,
+        "--as",
+        who,
+        *extra,
+        "--config",
+        str(run.project.path),
+    ]
+
+
 def project_copy(root: Path, edit: dict[str, dict[str, Any]] | None = None) -> Project:
     """The repo's config in a fresh root (state, audit log and all stay under `root`)."""
     import yaml

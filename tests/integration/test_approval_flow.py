@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, uvicorn_config
 from tasks.approval import read_audit
+from tests.fakes.approval_stub import decide_args
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
     SocketModeServer,
@@ -161,16 +162,7 @@ def test_slack_approve_then_cli_approve_tells_the_cli_who_decided(stub, slack, p
     assert run.result()["channel"] == "slack"
     late = runner.invoke(
         cli,
-        [
-            "approve",
-            run.run_id,
-            "--evidence",
-            run.hash,
-            "--as",
-            "alice",
-            "--config",
-            str(project.path),
-        ],
+        decide_args("approve", run, "alice"),
     )
     assert late.exit_code == 1
     assert "already approved by U0ALICE via slack at " in late.output
@@ -180,32 +172,12 @@ def test_cli_decides_a_request_and_reject_needs_a_reason(stub, project):
     run = stub()
     no_reason = runner.invoke(
         cli,
-        [
-            "reject",
-            run.run_id,
-            "--evidence",
-            run.hash,
-            "-m",
-            " ",
-            "--as",
-            "alice",
-            "--config",
-            str(project.path),
-        ],
+        decide_args("reject", run, "alice", "-m", " "),
     )
     assert no_reason.exit_code == 2
     stranger = runner.invoke(
         cli,
-        [
-            "approve",
-            run.run_id,
-            "--evidence",
-            run.hash,
-            "--as",
-            "mallory",
-            "--config",
-            str(project.path),
-        ],
+        decide_args("approve", run, "mallory"),
     )
     assert stranger.exit_code == 1 and "allow-list" in stranger.output
     args = [
