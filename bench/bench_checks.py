@@ -135,7 +135,7 @@ def limit(ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical:
 # ---------------------------------------------------------------- child: timing
 def time_case(ref_path: Path, cur_path: Path, repeats: int, preset_repeats: int) -> dict:
     """Every variant round-robin in one process; medians, and the verdicts of the last repeat."""
-    from tasks.checks import CheckSettings, preset_drift, reference_profile, run_checks
+    from tasks.monitor.checks import CheckSettings, preset_drift, reference_profile, run_checks
 
     ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
     numeric, categorical = split_columns(ref)
@@ -198,7 +198,7 @@ def memory_case(ref_path: Path, cur_path: Path) -> dict:
     """Peak RSS of read + check in this fresh process, above its RSS once imports are done."""
     import pyarrow.parquet as pq
 
-    from tasks.checks import run_checks
+    from tasks.monitor.checks import run_checks
 
     # a few rows only: reading the whole file here would raise the baseline with freed memory
     small = next(pq.ParquetFile(ref_path).iter_batches(batch_size=2000)).to_pandas()

@@ -130,9 +130,9 @@ def run_flow(live: Live, start: datetime) -> tuple[float, dict]:
 def check_alone(live: Live, start: datetime) -> dict[str, float]:
     """The monitor's check step on the same reference and window, and the window's read."""
     from tasks.capture import read_window
-    from tasks.checks import check_window
     from tasks.data import reference_for
-    from tasks.releases import read_serving
+    from tasks.monitor.checks import check_window
+    from tasks.release.releases import read_serving
 
     labels = read_serving(live.project).labels
     reference = reference_for(live.project, labels["data_rev"], labels.get("git_commit"))
@@ -142,7 +142,7 @@ def check_alone(live: Live, start: datetime) -> dict[str, float]:
 
 
 def last_record(live: Live) -> dict:
-    from tasks.history import history_dir
+    from tasks.monitor.history import history_dir
 
     runs = sorted((history_dir(live.project) / "runs").glob("*.json"), key=_mtime)
     return json.loads(runs[-1].read_text())

@@ -10,7 +10,7 @@ Cases, one JSON line each:
   from the JSON records, as the service does). Load comes from a second process (`bench.load`,
   closed loop, 8 in flight); the variants run round-robin in each repeat.
 * `rollforward`: a steady paced load (half the batch-1 capacity just measured) through nginx
-  while `tasks.rollout.go_live` puts a new bento into service: failed requests, and the p99
+  while `tasks.release.rollout.go_live` puts a new bento into service: failed requests, and the p99
   from the start of the switch to two seconds after it against the p99 of the steady seconds
   before it.
 * `approval_to_serving`: from the approval (the moment `build_bento` is called) until nginx
@@ -56,7 +56,7 @@ MAX_REQUESTS = 1_000_000
 
 # ---------------------------------------------------------------- pieces
 def feature_records(live: Live, n: int) -> list[dict]:
-    from tasks.traffic import sample_records
+    from tasks.release.traffic import sample_records
 
     return sample_records(live.project, n, seed=0).records
 
@@ -141,7 +141,7 @@ def wait_closed(port: int, timeout: float = 30) -> None:
 
 def route(live: Live, slot: str) -> None:
     """Point nginx at `slot` and give the graceful reload a moment to take over."""
-    from tasks.serving import switch_traffic
+    from tasks.release.serving import switch_traffic
 
     switch_traffic(live.project, slot)
     time.sleep(1.0)
@@ -150,7 +150,7 @@ def route(live: Live, slot: str) -> None:
 # ---------------------------------------------------------------- cases
 def serving_cases(live: Live, size: str, tmp: Path) -> float:
     """Emit the serving lines; returns the batch-1 capacity (requests/s, capture on)."""
-    from tasks.serving import slot_port, start_slot, stop_slot
+    from tasks.release.serving import slot_port, start_slot, stop_slot
 
     s = SETTINGS[size]
     start_slot(capture_off(live.project), "green", live.bento.tag)  # blue: capture on
@@ -218,8 +218,8 @@ def serving_line(batch: int, s: dict, runs: dict) -> dict:
 
 def rollforward_case(live: Live, size: str, tmp: Path, rate: float) -> None:
     """go_live of a new bento while a paced load (below capacity) runs through nginx."""
-    from tasks.package import build_bento
-    from tasks.rollout import go_live
+    from tasks.release.package import build_bento
+    from tasks.release.rollout import go_live
 
     s = SETTINGS[size]
     new = build_bento(live.project, live.bento.model_tag)
@@ -312,9 +312,9 @@ class FirstAnswer:
 
 def approval_case(live: Live) -> None:
     """Approval to the new version answering, then its unavoidable parts on their own."""
-    from tasks.package import build_bento, release_version
-    from tasks.rollout import go_live
-    from tasks.serving import start_server, stop_server
+    from tasks.release.package import build_bento, release_version
+    from tasks.release.rollout import go_live
+    from tasks.release.serving import start_server, stop_server
     from tests.support import free_port
 
     project, model_tag = live.project, live.bento.model_tag

@@ -38,7 +38,7 @@ class TimedSlack(FakeSlack):
 class Live:
     project: Any  # config.loader.Project of the copy
     slack: TimedSlack
-    bento: Any  # tasks.package.Bento serving now
+    bento: Any  # tasks.release.package.Bento serving now
     setup_s: dict[str, float]
 
     @property
@@ -90,8 +90,8 @@ def live_stack(tmp: Path, change: Callable[[dict], None] | None = None) -> Itera
         project = load_project(root / "config/driftloop.yaml")
         use_prefect(project)
         stack_ctl(project, "stop", "prefect-worker")
-        from tasks.package import build_bento, register_model
-        from tasks.rollout import go_live
+        from tasks.release.package import build_bento, register_model
+        from tasks.release.rollout import go_live
 
         mark = time.perf_counter()
         bento = build_bento(project, register_model(project))

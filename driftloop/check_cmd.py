@@ -29,7 +29,7 @@ def check(
     config: ConfigOption = None,
 ) -> None:
     """Validate both files, check drift and quality; exit 0 no drift, 1 drift, 2 bad input."""
-    from tasks.checks import BadInput, CheckSettings, run_checks, save_report
+    from tasks.monitor.checks import BadInput, CheckSettings, run_checks, save_report
 
     proj = project(config)
     with failures():

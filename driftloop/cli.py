@@ -65,7 +65,7 @@ def data(config: ConfigOption = None) -> None:
 @app.command("train")
 def train(config: ConfigOption = None) -> None:
     """Run `dvc repro` (prepare -> train -> evaluate), the same pipeline a person runs by hand."""
-    from tasks.training import reproduce
+    from tasks.retrain.training import reproduce
 
     proj = project(config)
     with failures(), console.status("dvc repro ..."):
@@ -77,7 +77,7 @@ def train(config: ConfigOption = None) -> None:
 @app.command("build")
 def build(config: ConfigOption = None) -> None:
     """Save the trained model to BentoML's store and build a bento pinned to its exact tag."""
-    from tasks.package import build_bento, register_model
+    from tasks.release.package import build_bento, register_model
 
     proj = project(config)
     with failures(), console.status("bentoml build ..."):
@@ -93,7 +93,7 @@ def lineage(
     config: ConfigOption = None,
 ) -> None:
     """What is serving and where it came from: bento -> model -> data rev -> commit."""
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     proj = project(config)
     release = read_serving(proj)
@@ -168,7 +168,7 @@ def rollback(config: ConfigOption = None) -> None:
     serving. Recorded as a rollback by your OS user."""
     import getpass
 
-    from tasks.rollout import rollback as roll_back
+    from tasks.release.rollout import rollback as roll_back
 
     proj = project(config)
     with failures(), console.status("rolling back ...") as status:
@@ -234,8 +234,8 @@ def replay(
     Rows without a timestamp column are stamped with the time they are sent."""
     from datetime import timedelta
 
-    from tasks.traffic import load_traffic
-    from tasks.traffic import replay as send
+    from tasks.release.traffic import load_traffic
+    from tasks.release.traffic import replay as send
 
     proj = project(config)
     require(proj, "serving", url=url)
@@ -298,7 +298,7 @@ def retrain(
     """Start the `retrain` deployment (one at a time per model), or show what it would do."""
     proj = project(config)
     require(proj, "prefect")
-    from tasks.retrain_plan import plan_retrain  # imports Prefect: only after project()
+    from tasks.retrain.plan import plan_retrain  # imports Prefect: only after project()
 
     with failures():
         plan = plan_retrain(proj, reason)
@@ -310,7 +310,7 @@ def retrain(
     if plan.blocked_by:
         console.print(f"[red]refused:[/] a retrain is already open: {plan.blocked_by}")
         raise typer.Exit(1)
-    from tasks.trigger import start_retrain
+    from tasks.retrain.trigger import start_retrain
 
     # the same one-run-at-a-time start as the policy's, so racing triggers get one run
     run_id = start_retrain.fn(proj, reason, {}, source="cli")

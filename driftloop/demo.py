@@ -50,10 +50,10 @@ def run_demo(
 
     from tasks import stack
     from tasks.data import ensure_data
-    from tasks.package import build_bento, register_model
-    from tasks.releases import read_serving
-    from tasks.rollout import go_live
-    from tasks.training import reproduce
+    from tasks.release.package import build_bento, register_model
+    from tasks.release.releases import read_serving
+    from tasks.release.rollout import go_live
+    from tasks.retrain.training import reproduce
 
     step("1. the local stack: Prefect, Pushgateway, Prometheus, Alertmanager, nginx")
     with console.status("driftloop up ...") as spinner:
@@ -119,7 +119,7 @@ def reset_story(project: Project) -> None:
 
     from tasks.capture import capture_root
     from tasks.data import create_from_source
-    from tasks.history import history_dir
+    from tasks.monitor.history import history_dir
 
     for path in (capture_root(project), history_dir(project)):
         shutil.rmtree(path, ignore_errors=True)
@@ -129,8 +129,8 @@ def reset_story(project: Project) -> None:
 
 
 def replay_and_monitor(project: Project, month: str, start: datetime, end: datetime) -> WindowRow:
-    from tasks.releases import read_serving
-    from tasks.traffic import load_traffic, replay
+    from tasks.release.releases import read_serving
+    from tasks.release.traffic import load_traffic, replay
 
     serving = project.config.serving
     sample = load_traffic(project, query=f"mnth == '{month}'")
@@ -178,7 +178,7 @@ def wait_for_request(project: Project, timeout: float = 600):
     import time
 
     from tasks.approval import pending_requests
-    from tasks.trigger import open_retrain
+    from tasks.retrain.trigger import open_retrain
 
     deadline = time.monotonic() + timeout
     with console.status("retrain running: new training set, dvc repro, gate ..."):
@@ -240,8 +240,8 @@ def replay_during_release(project: Project, run_id: str, month: str, start, end)
 
     from prefect import get_client
 
-    from tasks.releases import read_serving
-    from tasks.traffic import load_traffic, replay
+    from tasks.release.releases import read_serving
+    from tasks.release.traffic import load_traffic, replay
 
     serving = project.config.serving
     sample = load_traffic(project, query=f"mnth == '{month}'")
@@ -292,7 +292,7 @@ def compare_on_window(project: Project, old, new, month: str, start, end) -> Non
 
     from model.evaluate import evaluate
     from tasks.capture import read_window
-    from tasks.package import bentoml_home
+    from tasks.release.package import bentoml_home
 
     if old is None or new is None or old.model_tag == new.model_tag:
         return
@@ -371,6 +371,6 @@ def _served(row: WindowRow, legend: dict[str, str]) -> str:
 
 def short_tag(tag: str) -> str:
     """'bikeshare:20261202-141233-ab12cd34' -> 'ab12cd34': a bento version ends with the
-    version of the model it serves (tasks.package.release_version)."""
+    version of the model it serves (tasks.release.package.release_version)."""
     version = tag.split(":", 1)[-1]
     return version.rsplit("-", 1)[-1] or version

@@ -24,8 +24,8 @@ def release(bento: BentoArgument, config: ConfigOption = None) -> None:
     """Put a built bento into service by hand, through the roll-forward's checks.
 
     Also the first release, when nothing serves yet; recorded as a release by your OS user."""
-    from tasks.package import Bento, bento_info
-    from tasks.rollout import put_into_service
+    from tasks.release.package import Bento, bento_info
+    from tasks.release.rollout import put_into_service
 
     proj = project(config)
     _require_stack(proj)
@@ -64,7 +64,7 @@ def promote(run_id: RunArgument, config: ConfigOption = None) -> None:
 
     Uses the decision already recorded with the run; refused (exit 2) for runs that were
     rejected, expired, never approved or already promoted."""
-    from tasks.promotion import PromotionRefused, approved_candidate
+    from tasks.release.promotion import PromotionRefused, approved_candidate
 
     proj = project(config)
     require(proj, "prefect")
@@ -103,7 +103,7 @@ def serve(
 
     Never recorded as serving and never captured: `driftloop release` puts a bento into
     service."""
-    from tasks.serving import start_server, stop_server
+    from tasks.release.serving import start_server, stop_server
 
     proj = project(config)
     serving = proj.config.serving

@@ -11,21 +11,21 @@ from prefect.runtime import flow_run
 from config.loader import Project, load_project
 from flows.policy import WindowOutcome, decide
 from tasks.capture import read_current
-from tasks.checks import check_window
 from tasks.data import read_reference
-from tasks.history import (
+from tasks.metrics import MonitorMetrics, publish_metrics
+from tasks.monitor.checks import check_window
+from tasks.monitor.history import (
     MonitorRecord,
     last_trigger,
     recent_windows,
     record_trigger,
     save_record,
 )
-from tasks.metrics import MonitorMetrics, publish_metrics
+from tasks.monitor.reports import publish_artifacts, write_report
 from tasks.notify import close_thread, current_thread, monitor_headline, monitor_notice, send_notice
-from tasks.package import read_model
-from tasks.releases import read_serving
-from tasks.reports import publish_artifacts, write_report
-from tasks.trigger import open_retrain, start_retrain
+from tasks.release.package import read_model
+from tasks.release.releases import read_serving
+from tasks.retrain.trigger import open_retrain, start_retrain
 
 
 class NothingServing(RuntimeError):

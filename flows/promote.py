@@ -1,7 +1,8 @@
 """The promote flow: an approved candidate becomes the serving model, or the old one stays.
 
-Nothing here changes what serves until the candidate has passed its checks (tasks/rollout.py);
-a failure at any step is told to the cycle's Slack thread and ends the run Failed.
+Nothing here changes what serves until the candidate has passed its checks
+(tasks/release/rollout.py); a failure at any step is told to the cycle's Slack thread and
+ends the run Failed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from prefect import flow, get_run_logger
 from config.loader import Project, load_project
 from tasks.approval import NoRecordedApproval, verified_approval
 from tasks.notify import Notice, close_thread, send_notice
-from tasks.package import build_bento, export_bento
-from tasks.releases import Attempt, Release, read_serving
-from tasks.rollout import RolloutFailed, attempt_failed, put_into_service, reconcile
+from tasks.release.package import build_bento, export_bento
+from tasks.release.releases import Attempt, Release, read_serving
+from tasks.release.rollout import RolloutFailed, attempt_failed, put_into_service, reconcile
 
 
 def reconcile_after_crash(flow, flow_run, state) -> None:

@@ -11,20 +11,20 @@ from prefect.states import Cancelled
 from config.loader import load_project
 from flows.promote import promote
 from tasks.approval import ApprovalSettings, Evidence, GateRow, await_decision, evidence_hash
-from tasks.candidate import (
+from tasks.notify import Notice, send_notice
+from tasks.release.releases import read_serving
+from tasks.retrain.candidate import (
     judge_candidate,
     new_training_set,
     train_candidate,
 )
-from tasks.notify import Notice, send_notice
-from tasks.releases import read_serving
-from tasks.trigger import earlier_open_retrain
+from tasks.retrain.trigger import earlier_open_retrain
 
 
 def report_crash(flow, flow_run, state) -> None:
     """on_crashed: the process running the retrain died (killed, out of memory, host lost).
     Say so in the model's thread: nothing was promoted, and a new trigger starts afresh."""
-    from tasks.rollout import reconcile
+    from tasks.release.rollout import reconcile
 
     run = flow_run
     project = load_project((run.parameters or {}).get("config"))

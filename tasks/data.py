@@ -236,13 +236,13 @@ def _cached_bytes(project: Project, md5: str) -> bytes | None:
 class Reference:
     data_rev: str
     frame: pd.DataFrame
-    profile: object  # tasks.drift_stats.FrameProfile, computed once per data rev
+    profile: object  # tasks.monitor.drift_stats.FrameProfile, computed once per data rev
 
 
 def reference_for(project: Project, data_rev: str, git_commit: str | None) -> Reference:
     """The serving model's training data at its data rev, with its drift profile (cached)."""
-    from tasks.checks import reference_profile
-    from tasks.drift_stats import FrameProfile
+    from tasks.monitor.checks import reference_profile
+    from tasks.monitor.drift_stats import FrameProfile
 
     frame = read_data_rev(project, data_rev, git_commit)
     cache = project.state_dir / "profiles" / f"{data_rev}.pkl"

@@ -23,7 +23,7 @@ from driftloop.approve_cmd import render_pending
 from driftloop.cli import app, render_lineage, render_status
 from driftloop.demo import WindowRow, _quality, render_windows
 from tasks.approval import Evidence, GateRow, PendingRequest
-from tasks.releases import Release
+from tasks.release.releases import Release
 from tasks.stack import ServiceStatus
 
 ROOT = Path(__file__).resolve().parents[2]

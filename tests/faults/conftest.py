@@ -114,7 +114,7 @@ def bentos(project) -> set[str]:
     """Tags of the bentos in the project's BentoML store."""
     import json
 
-    from tasks.package import bentoml_home
+    from tasks.release.package import bentoml_home
 
     out = subprocess.run(
         [str(BIN / "bentoml"), "list", "-o", "json"],
@@ -190,7 +190,7 @@ def cancel_open_retrains() -> None:
     from prefect import get_client
     from prefect.states import Cancelled
 
-    from tasks.trigger import OPEN_STATES
+    from tasks.retrain.trigger import OPEN_STATES
 
     with get_client(sync_client=True) as client:
         for run in client.read_flow_runs(limit=200):
@@ -203,8 +203,8 @@ def cancel_open_retrains() -> None:
 @pytest.fixture(scope="session")
 def retrain_rig(tmp_path_factory, prefect_server) -> Iterator[Rig]:
     from config.loader import load_project
-    from tasks.package import bento_info, build_bento, register_model
-    from tasks.releases import Release, record_serving
+    from tasks.release.package import bento_info, build_bento, register_model
+    from tasks.release.releases import Release, record_serving
     from tests.integration.test_retrain_gate import capture_labelled_traffic
 
     root = copy_project(tmp_path_factory.mktemp("retrain-rig"))

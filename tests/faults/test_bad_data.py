@@ -20,8 +20,8 @@ from prometheus_client import generate_latest
 from config.loader import load_project
 from flows.monitor import _metrics
 from tasks.capture import Window
-from tasks.checks import run_checks
 from tasks.metrics import monitor_registry
+from tasks.monitor.checks import run_checks
 from tasks.notify import as_text, monitor_notice
 from tests.flows.test_monitor_outputs import CASES, current
 

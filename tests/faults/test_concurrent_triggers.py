@@ -19,7 +19,7 @@ TRIGGERS = 10
 
 def trigger_at_once(project, count: int) -> list[str | None]:
     """`count` policy triggers released together from their own threads."""
-    from tasks.trigger import start_retrain
+    from tasks.retrain.trigger import start_retrain
 
     gate = threading.Barrier(count)
     results: list[str | None] = [None] * count
@@ -50,7 +50,7 @@ def test_ten_triggers_at_once_run_one_retrain(retrain_rig):
     from prefect import get_client
 
     from tasks.approval import submit_decision
-    from tasks.trigger import start_retrain
+    from tasks.retrain.trigger import start_retrain
 
     project = retrain_rig.project
     before = {str(r.id) for r in retrain_runs()}

@@ -12,7 +12,7 @@ import pytest
 
 from config.loader import Project, load_project
 from config.schema import DriftloopConfig
-from tasks.checks import run_checks
+from tasks.monitor.checks import run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 200

@@ -48,8 +48,8 @@ def _cmdline(pid: int) -> bytes:
 @pytest.mark.parametrize("step", ["build_training_set", "dvc_repro", "gate", "approval"])
 def test_kill_9_during_a_retrain_step(retrain_rig, step):
     from tasks.approval import pending_requests
-    from tasks.releases import read_serving
-    from tasks.trigger import open_retrain, start_retrain
+    from tasks.release.releases import read_serving
+    from tasks.retrain.trigger import open_retrain, start_retrain
 
     project, slack = retrain_rig.project, retrain_rig.slack
     before_bentos = bentos(project)
@@ -84,8 +84,8 @@ def test_kill_9_during_a_retrain_step(retrain_rig, step):
 
 def test_after_the_kills_the_next_trigger_runs_to_a_decision(retrain_rig):
     from tasks.approval import submit_decision
-    from tasks.releases import read_serving
-    from tasks.trigger import start_retrain
+    from tasks.release.releases import read_serving
+    from tasks.retrain.trigger import start_retrain
 
     project = retrain_rig.project
     run_id = start_retrain.fn(project, "test: after the kills", {})

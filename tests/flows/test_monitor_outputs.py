@@ -14,10 +14,10 @@ from sklearn import metrics as skm
 from config.loader import load_project
 from flows.monitor import _metrics
 from tasks.capture import Window
-from tasks.checks import run_checks
 from tasks.metrics import monitor_registry
+from tasks.monitor.checks import run_checks
+from tasks.monitor.reports import head_report, publish_artifacts
 from tasks.notify import as_text, monitor_notice
-from tasks.reports import head_report, publish_artifacts
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -141,8 +141,8 @@ def test_quality_stands_beside_the_serving_models_held_out_value(
     def markdown(md: str, **_) -> None:
         written["md"] = md
 
-    monkeypatch.setattr("tasks.reports.create_markdown_artifact", markdown)
-    monkeypatch.setattr("tasks.reports.create_table_artifact", lambda *a, **kw: None)
+    monkeypatch.setattr("tasks.monitor.reports.create_markdown_artifact", markdown)
+    monkeypatch.setattr("tasks.monitor.reports.create_table_artifact", lambda *a, **kw: None)
     publish_artifacts.fn(project, result, "headline", "May", [])
     assert "| metric | current | held-out (serving model) | note |" in written["md"]
     assert f"| rmse | {rmse:.4g} | 18.74 |  |" in written["md"]

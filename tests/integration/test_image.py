@@ -11,8 +11,8 @@ import pytest
 
 from config.loader import load_project
 from tasks.commands import CommandError, bin_path
-from tasks.image import build_image, image_for, push_image
-from tasks.package import bentoml_env, bentoml_home, build_bento, register_model
+from tasks.release.image import build_image, image_for, push_image
+from tasks.release.package import bentoml_env, bentoml_home, build_bento, register_model
 from tests.contracts.test_deployments import config_copy
 from tests.support import free_port, sh, tool_env
 

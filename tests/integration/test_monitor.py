@@ -56,8 +56,8 @@ def live(tmp_path):
     env = {"SLACK_BOT_TOKEN": slack.token, "SLACK_API_URL": slack.url}
     up(root, env=env)
     from config.loader import load_project
-    from tasks.package import build_bento, register_model
-    from tasks.rollout import go_live
+    from tasks.release.package import build_bento, register_model
+    from tasks.release.rollout import go_live
 
     project = load_project(root / "config/driftloop.yaml")
     sh(
@@ -77,8 +77,8 @@ def live(tmp_path):
 
 
 def test_monitor_publishes_notifies_reports_and_goes_stale(live):
-    from tasks.releases import read_serving
-    from tasks.traffic import load_traffic, replay
+    from tasks.release.releases import read_serving
+    from tasks.release.traffic import load_traffic, replay
 
     project, slack, env = live
     root = project.root

@@ -16,9 +16,9 @@ pytestmark = pytest.mark.integration
 def test_pushgateway_down_fails_loudly_and_keeps_the_result(tmp_path, prefect_server):
     from config.loader import load_project
     from flows.monitor import monitor
-    from tasks.history import history_dir
-    from tasks.package import bento_info, build_bento, register_model
-    from tasks.releases import Release, record_serving
+    from tasks.monitor.history import history_dir
+    from tasks.release.package import bento_info, build_bento, register_model
+    from tasks.release.releases import Release, record_serving
 
     root = copy_project(tmp_path)
     dead = free_port()  # nothing listens here

@@ -45,8 +45,8 @@ def live(tmp_path_factory):
     up(root)
     supervisorctl(root, "stop", "prefect-worker")  # only the runs this test starts
     project = load(root)
-    from tasks.package import build_bento, register_model
-    from tasks.rollout import go_live
+    from tasks.release.package import build_bento, register_model
+    from tasks.release.rollout import go_live
 
     go_live(project, build_bento(project, register_model(project)))
     yield project
@@ -69,7 +69,7 @@ def client_url(project) -> str:
 
 
 def traffic(project, tmp_path: Path, rows: int = 1, seconds: float = 180) -> subprocess.Popen:
-    from tasks.traffic import sample_records
+    from tasks.release.traffic import sample_records
 
     body = json.dumps({"records": sample_records(project, rows).records}).encode()
     return start_load(
@@ -92,7 +92,7 @@ def answered_by(project) -> str:
 
 
 def sample(project) -> list[dict]:
-    from tasks.traffic import sample_records
+    from tasks.release.traffic import sample_records
 
     return sample_records(project, 1).records
 
@@ -110,7 +110,7 @@ def after_switch_all_new(requests: Requests, old: str, new: str) -> bool:
 
 
 def slot_answers(project, slot: str) -> bool:
-    from tasks.serving import slot_url
+    from tasks.release.serving import slot_url
 
     try:
         return httpx.get(f"{slot_url(project, slot)}/readyz", timeout=2).status_code == 200
@@ -119,7 +119,7 @@ def slot_answers(project, slot: str) -> bool:
 
 
 def attempts(project):
-    from tasks.releases import read_attempts
+    from tasks.release.releases import read_attempts
 
     return read_attempts(project)
 
@@ -129,7 +129,7 @@ def attempts(project):
 
 def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_path, monkeypatch):
     from flows.promote import promote
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     project = live
     slack = FakeSlack().start()
@@ -190,9 +190,9 @@ def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_
 
 
 def test_a_candidate_never_ready_is_stopped_within_its_deadline(live, tmp_path):
-    from tasks.package import build_bento
-    from tasks.releases import read_serving
-    from tasks.rollout import RolloutFailed, go_live, idle_slot
+    from tasks.release.package import build_bento
+    from tasks.release.releases import read_serving
+    from tasks.release.rollout import RolloutFailed, go_live, idle_slot
 
     before = read_serving(live)
     serving = live.config.serving.model_copy(update={"ready_timeout_seconds": 1.0})
@@ -220,7 +220,7 @@ def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
 ):
     """A service change that passes the smoke test (20 rows) but fails clients' two-row batches."""
     from flows.promote import promote
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     project = live
     before = read_serving(project)
@@ -266,7 +266,7 @@ def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
 
 
 def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server, tmp_path):
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     project = live
     before = read_serving(project)
@@ -336,8 +336,8 @@ def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
     from prefect.states import Crashed
 
     from flows.promote import promote, reconcile_after_crash
-    from tasks.releases import read_serving
-    from tasks.rollout import idle_slot
+    from tasks.release.releases import read_serving
+    from tasks.release.rollout import idle_slot
 
     project = live
     before = read_serving(project)
@@ -386,9 +386,9 @@ def read_until_marker(process: subprocess.Popen, marker: str, seconds: float) ->
 
 
 def test_after_interrupted_promotes_the_next_one_goes_live(live, tmp_path):
-    from tasks.package import build_bento
-    from tasks.releases import read_serving
-    from tasks.rollout import go_live
+    from tasks.release.package import build_bento
+    from tasks.release.releases import read_serving
+    from tasks.release.rollout import go_live
 
     before = read_serving(live)
     bento = build_bento(live, before.model_tag)

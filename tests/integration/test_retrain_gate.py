@@ -22,7 +22,7 @@ def capture_labelled_traffic(project, months: list[str]) -> int:
         label_rows,
         prediction_rows,
     )
-    from tasks.traffic import load_traffic
+    from tasks.release.traffic import load_traffic
 
     numeric, categorical = project.features
     writer = CaptureWriter(
@@ -60,8 +60,8 @@ def test_a_candidate_failing_the_gate_asks_no_one(tmp_path, prefect_server):
     from config.loader import load_project
     from flows.retrain import retrain
     from tasks.approval import pending_requests
-    from tasks.package import bento_info, build_bento, register_model
-    from tasks.releases import Release, record_serving
+    from tasks.release.package import bento_info, build_bento, register_model
+    from tasks.release.releases import Release, record_serving
 
     root = copy_project(tmp_path)
     edit_config(root, lambda raw: raw["gate"].update(min_relative_improvement=0.99))
@@ -87,6 +87,6 @@ def test_a_candidate_failing_the_gate_asks_no_one(tmp_path, prefect_server):
     log = sh(["git", "log", "--format=%s", f"{head_before}..HEAD"], root).stdout
     assert "training data" in log and "dvc repro" in log
     assert "Cache and remote 'local' are in sync" in sh(["dvc", "status", "-c"], root).stdout
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     assert read_serving(project).bento == bento.tag  # nothing was promoted

@@ -12,9 +12,9 @@ import pytest
 
 from config.loader import load_project
 from model.frames import feature_frame
-from tasks.package import bento_info, build_bento, register_model
-from tasks.serving import start_server, stop_server
-from tasks.traffic import sample_records
+from tasks.release.package import bento_info, build_bento, register_model
+from tasks.release.serving import start_server, stop_server
+from tasks.release.traffic import sample_records
 from tests.support import free_port, sh
 
 pytestmark = pytest.mark.integration
@@ -146,7 +146,7 @@ def test_replay_sends_in_event_time_with_delayed_labels(served):
     from datetime import timedelta
 
     from tasks.capture import read_window
-    from tasks.traffic import load_traffic, replay
+    from tasks.release.traffic import load_traffic, replay
 
     project, _, server = served
     sample = load_traffic(project, query="mnth == 'Aug' and day <= 214")  # Aug 1-2: 48 rows
@@ -176,7 +176,7 @@ def test_replay_sends_in_event_time_with_delayed_labels(served):
 def test_release_artifact_is_exported_with_its_model(served):
     import tarfile
 
-    from tasks.package import export_bento
+    from tasks.release.package import export_bento
 
     project, bento, _ = served
     archive = export_bento(project, bento.tag)

@@ -34,9 +34,9 @@ from pydantic import TypeAdapter, ValidationError
 from config.loader import Project, load_project
 from model.capture import LABELS, TOKEN_ENV, capture_schema
 from tasks.capture import _read, capture_root, read_window
-from tasks.package import build_bento, register_model
-from tasks.serving import Server, start_server, stop_server
-from tasks.traffic import sample_records
+from tasks.release.package import build_bento, register_model
+from tasks.release.serving import Server, start_server, stop_server
+from tasks.release.traffic import sample_records
 from tests.support import copy_project, edit_config, free_port, sh
 
 pytestmark = pytest.mark.integration
@@ -209,8 +209,8 @@ def test_without_the_token_the_capture_endpoints_answer_401(regression):
 
 def test_the_projects_clients_send_the_token(regression, monkeypatch, tmp_path):
     from bench.load import finish, start_load
-    from tasks import health
-    from tasks.traffic import load_traffic, replay
+    from tasks.release import health
+    from tasks.release.traffic import load_traffic, replay
 
     url = regression.server.url
     sample = load_traffic(regression.project, query="mnth == 'Aug' and day <= 213")  # Aug 1

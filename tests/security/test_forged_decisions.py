@@ -105,7 +105,7 @@ def test_promote_deployment_run_without_a_recorded_approval_is_refused(stack):
     from prefect import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from tasks.releases import read_serving
+    from tasks.release.releases import read_serving
 
     before = read_serving(stack)
     url, auth = stack.config.endpoints.prefect, prefect_auth(stack.root)

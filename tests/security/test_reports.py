@@ -141,7 +141,7 @@ def visible_text(dom: str) -> str:
 
 
 def test_a_script_in_a_category_value_runs_nothing(stack, listener, tmp_path):
-    from tasks.reports import write_report
+    from tasks.monitor.reports import write_report
 
     reference, current = frames(stack, payload(listener))
     (url,) = write_report.fn(stack, reference, current, "traffic-window")
@@ -160,7 +160,7 @@ def test_a_script_that_does_run_is_sandboxed_and_offline(stack, listener, tmp_pa
     """The second line of defence on its own: a report written without the escaping (as an
     Evidently that another value slips through would write it) runs its injected script,
     served by nginx in an opaque origin without cookies and unable to send anything."""
-    from tasks import checks
+    from tasks.monitor import checks
 
     probe = (
         "document.title='pwned '+self.origin+' '+(function(){try{return document.cookie,"

@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 from config.loader import ConfigError, Project
 from config.schema import DriftloopConfig
-from tasks.checks import (
+from tasks.monitor.checks import (
     CheckSettings,
     model_quality,
     preset_drift,
@@ -22,7 +22,7 @@ from tasks.checks import (
     run_checks,
     save_report,
 )
-from tasks.drift_stats import (
+from tasks.monitor.drift_stats import (
     DEFAULT_THRESHOLDS,
     CategoricalSide,
     FrameProfile,

@@ -15,7 +15,7 @@ from config.loader import Project
 from config.schema import DriftloopConfig
 from model.estimator import build_pipeline
 from model.frames import feature_frame
-from tasks.gate import gate
+from tasks.retrain.gate import gate
 
 
 def project(**gate_cfg) -> Project:

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.health import MIN_REQUESTS, Counts, HealthError, compare, judge, scrape
+from tasks.release.health import MIN_REQUESTS, Counts, HealthError, compare, judge, scrape
 
 LABELS = 'runner_name="Predictor",service_name="bikeshare",service_version="v1"'
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from config.loader import Project, load_project
-from tasks import k8s
+from tasks.render import kubernetes as k8s
 from tests.contracts.test_deployments import config_copy
 
 ROOT = Path(__file__).resolve().parents[2]

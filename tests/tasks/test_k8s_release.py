@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import k8s_release
 from tasks.commands import CommandError
-from tasks.k8s_release import release_to_kubernetes
+from tasks.release import kubernetes as k8s_release
+from tasks.release.kubernetes import release_to_kubernetes
 from tests.contracts.test_deployments import config_copy
 from tests.fakes.kube_api import FakeKube
 from tests.support import free_port

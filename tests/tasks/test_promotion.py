@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from driftloop.cli import app
 from tasks.approval import submit_decision
-from tasks.promotion import PromotionRefused, approved_candidate
-from tasks.releases import Attempt, Release, append_attempt, read_serving
+from tasks.release.promotion import PromotionRefused, approved_candidate
+from tasks.release.releases import Attempt, Release, append_attempt, read_serving
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,7 @@ import pytest
 from config.loader import Project
 from config.schema import DriftloopConfig
 from model.schema import FeatureSchema
-from tasks.validate import VERDICTS, validate_window
+from tasks.monitor.validate import VERDICTS, validate_window
 
 NUMERIC = ["temp", "hum"]
 CATEGORICAL = ["season"]

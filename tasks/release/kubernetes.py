@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.loader import Project
-from tasks import k8s
 from tasks.commands import CommandError, run
 from tasks.render import _rendered_note
+from tasks.render import kubernetes as k8s
 
 FIELD_MANAGER = "driftloop"
 POLL_SECONDS = 2.0

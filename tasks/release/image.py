@@ -10,9 +10,9 @@ from __future__ import annotations
 import shutil
 
 from config.loader import Project
-from tasks import k8s
 from tasks.commands import CommandError, bin_path, run
-from tasks.package import bentoml_env
+from tasks.release.package import bentoml_env
+from tasks.render import kubernetes as k8s
 
 NO_DAEMON_FIX = (
     "Start Docker (e.g. `sudo systemctl start docker`) or point DOCKER_HOST at a running daemon, "

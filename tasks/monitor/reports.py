@@ -12,7 +12,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
-from tasks.checks import CheckResult, QualityResult, save_report
+from tasks.monitor.checks import CheckResult, QualityResult, save_report
 from tasks.render import drift_report_key
 
 

@@ -602,7 +602,7 @@ def input_seal(
     evidence_hash: str,
 ) -> str:
     """What the CLI and the Slack app attach to a resume: their channel, sealed with the rest."""
-    from tasks.seal import seal
+    from tasks.approval.seal import seal
 
     fields = _input_fields(run_id, decision, approver, channel, comment, evidence_hash)
     return json.dumps({"channel": channel, "sig": seal(project, fields)})
@@ -610,7 +610,7 @@ def input_seal(
 
 def authenticate(project: Project, run_id: str, answer: ApprovalInput) -> Identity:
     """The channel and identity an input proves: its seal's, or the UI's when it has none."""
-    from tasks.seal import verify
+    from tasks.approval.seal import verify
 
     if not answer.seal:
         typed = answer.approver.strip()
@@ -630,7 +630,7 @@ def authenticate(project: Project, run_id: str, answer: ApprovalInput) -> Identi
 
 
 def seal_decision(project: Project, decision: Decision) -> Decision:
-    from tasks.seal import seal
+    from tasks.approval.seal import seal
 
     return decision.model_copy(update={"seal": seal(project, decision.sealed_fields())})
 
@@ -644,7 +644,7 @@ def verified_approval(
 ) -> Decision:
     """The sealed approval recorded with `run_id` for `candidate` on `evidence_hash_`, or
     NoRecordedApproval saying what is missing. Only this makes a promotion legitimate."""
-    from tasks.seal import verify
+    from tasks.approval.seal import verify
 
     try:
         request, decision = recorded_decision(project, run_id)

@@ -507,7 +507,7 @@ def supervisord_conf(project: Project) -> str:
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "[supervisorctl]",
         f"serverurl=unix://{v(str(stack / 'supervisor.sock'), 'supervisorctl.serverurl')}",
-        "[include]",  # the serving slots come and go as releases roll (tasks/serving.py)
+        "[include]",  # the serving slots come and go as releases roll (tasks/release/serving.py)
         "files=slots/*.conf",  # relative to this file: a path with a space splits in two
     ]
     for priority, svc in enumerate(services(project), start=1):

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from config.loader import Project
 from model.capture import auth_headers
 from tasks.commands import CommandError, run
-from tasks.package import bentoml_env
+from tasks.release.package import bentoml_env
 
 MIN_REQUESTS = 20  # fewer requests than this cannot judge a ratio or a p95
 

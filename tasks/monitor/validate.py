@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from config.loader import Project
 from model.schema import FeatureSchema
-from tasks.drift_stats import FrameProfile, build_profile
+from tasks.monitor.drift_stats import FrameProfile, build_profile
 
 VerdictName = Literal[
     "ok",

@@ -26,7 +26,7 @@ from model.capture import (
     TOKEN_ENV,
 )
 from tasks.commands import CommandError, bin_path, tool_env
-from tasks.package import bentoml_home
+from tasks.release.package import bentoml_home
 
 
 @dataclass

@@ -14,7 +14,7 @@ from model.frames import write_table
 from tasks.capture import capture_root, read_window
 from tasks.commands import CommandError, run
 from tasks.data import read_data_rev, track
-from tasks.releases import Release
+from tasks.release.releases import Release
 
 
 @dataclass(frozen=True)

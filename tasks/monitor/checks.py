@@ -1,7 +1,7 @@
 """The monitor's checks: data drift per column and for the dataset, data quality, model quality.
 
-`run_checks` validates both frames (`tasks.validate`), reduces each feature column once
-(`tasks.drift_stats`) and computes every column's drift with Evidently's own method choice,
+`run_checks` validates both frames (`tasks.monitor.validate`), reduces each feature column once
+(`tasks.monitor.drift_stats`) and computes every column's drift with Evidently's own method choice,
 formulas and thresholds, without the preset's triple computation and widgets. Evidently stays the
 source of truth: `engine="evidently"` runs its `DataDriftPreset` instead (the tests prove both
 engines agree on scores and verdicts), and `save_report` writes its HTML report on demand.
@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 
 from config.loader import ConfigError, Project
 from config.schema import METRICS
-from tasks.drift_stats import (
+from tasks.monitor.drift_stats import (
     CATEGORICAL,
     NUMERIC,
     SMALL_REFERENCE_ROWS,
@@ -36,7 +36,7 @@ from tasks.drift_stats import (
     check_method,
     drift_table,
 )
-from tasks.validate import (
+from tasks.monitor.validate import (
     MAX_NAN_SHARE,
     PREDICTION_COLUMN,
     PROBA_PREFIX,
@@ -923,7 +923,7 @@ def check_window(
     held_out: dict[str, float] | None = None,
 ) -> CheckResult:
     """`run_checks` on the captured window, its label column named as the target; `classes`
-    and `held_out` are the serving model's (`tasks.package.read_model`)."""
+    and `held_out` are the serving model's (`tasks.release.package.read_model`)."""
     frame = current.rename(columns={"label": project.config.data.target})
     model = {"classes": classes, "held_out": held_out}
     if reference.profile is None:

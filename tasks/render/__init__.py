@@ -1191,7 +1191,9 @@ def write_deployments(project: Project, out_dir: Path) -> list[Path]:
         files[f"grafana/provisioning/{rel}"] = _yaml(
             content, f"{note} Mount deployments/grafana/dashboards at {GRAFANA_DASHBOARDS_DIR}."
         )
-    from tasks.k8s import manifest_files  # tasks.k8s builds on this module's helpers
+    from tasks.render.kubernetes import (
+        manifest_files,  # tasks.render.kubernetes builds on this module's helpers
+    )
 
     for rel, text in manifest_files(project, note).items():
         files[f"k8s/{rel}"] = text

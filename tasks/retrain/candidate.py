@@ -10,11 +10,11 @@ from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from model import artifacts
-from tasks.gate import GateResult, gate
-from tasks.package import bentoml_home, register_model
-from tasks.releases import Release
-from tasks.training import TrainingResult, push_outputs, reproduce
-from tasks.trainset import build_training_set, git_commit, version_training_set
+from tasks.release.package import bentoml_home, register_model
+from tasks.release.releases import Release
+from tasks.retrain.gate import GateResult, gate
+from tasks.retrain.training import TrainingResult, push_outputs, reproduce
+from tasks.retrain.trainset import build_training_set, git_commit, version_training_set
 
 
 @task(name="build_training_set", cache_policy=NO_CACHE)

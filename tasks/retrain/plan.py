@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from config.loader import Project
 from tasks.commands import bin_path, run
-from tasks.releases import read_serving
-from tasks.trigger import open_retrain
+from tasks.release.releases import read_serving
+from tasks.retrain.trigger import open_retrain
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Literal
 
 from config.loader import Project
 from tasks.commands import CommandError
-from tasks.health import offline_sample, smoke, watch
 from tasks.metrics import push_rollout_counts, push_serving_info
-from tasks.package import Bento
-from tasks.releases import (
+from tasks.release.health import offline_sample, smoke, watch
+from tasks.release.package import Bento
+from tasks.release.releases import (
     Attempt,
     Release,
     append_attempt,
@@ -30,7 +30,7 @@ from tasks.releases import (
     record_serving,
     rollout_counts,
 )
-from tasks.serving import SLOTS, slot_port, slot_url, start_slot, stop_slot, switch_traffic
+from tasks.release.serving import SLOTS, slot_port, slot_url, start_slot, stop_slot, switch_traffic
 
 DRAIN_SECONDS = 2.0  # nginx's old workers finish their requests to a slot before it stops
 
@@ -232,7 +232,7 @@ def put_into_service(
     how = {"action": action, "released_by": released_by, "progress": progress}
     if backend == "local":
         return go_live(project, bento, **how)
-    from tasks.image import build_image, push_image
+    from tasks.release.image import build_image, push_image
 
     try:
         image = build_image(project, bento.tag)
@@ -252,7 +252,7 @@ def kubernetes_release(
     action: Literal["promote", "release"] = "promote",
     released_by: str = "",
 ) -> Release:
-    from tasks.k8s_release import release_to_kubernetes
+    from tasks.release.kubernetes import release_to_kubernetes
 
     current = read_serving(project)
     stage = "push"

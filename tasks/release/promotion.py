@@ -12,7 +12,7 @@ from uuid import UUID
 
 from config.loader import Project
 from tasks.commands import CommandError
-from tasks.releases import read_attempts
+from tasks.release.releases import read_attempts
 
 
 class PromotionRefused(CommandError):
