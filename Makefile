@@ -42,8 +42,8 @@ dvc-remote:  ## the local DVC remote named in .dvc/config
 data: python dvc-remote  ## the training data present, DVC-tracked and pushed
 	@driftloop data
 
-test: setup  ## the whole suite, real services included
-	pytest -q
+test: setup  ## the whole suite, real services included; lists the 30 slowest tests
+	pytest -q --durations=30
 
 test-fast: python  ## unit and contract tests only
 	pytest -q -m "not integration"

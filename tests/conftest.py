@@ -9,6 +9,31 @@ import pytest
 from tests.support import copy_project, driftloop
 
 
+@pytest.fixture(autouse=True)
+def no_user_kubeconfig(tmp_path_factory, monkeypatch):
+    """kubectl never reads the user's kubeconfig or an in-cluster account: KUBECONFIG names a
+    file of the test's whose one cluster is a closed loopback port (an empty or missing file
+    would send kubectl to localhost:8080). A test that needs a cluster points it at its own."""
+    import yaml
+
+    from tests.support import free_port
+
+    path = tmp_path_factory.mktemp("kube") / "kubeconfig"
+    server = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "none", "cluster": {"server": server}}],
+        "users": [{"name": "none", "user": {}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+        "current-context": "none",
+    }
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    for name in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "KUBECTL_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session")
 def trained_project(tmp_path_factory) -> Path:
     """One fresh copy with its data pushed and `dvc repro` done; read-only for its users."""

@@ -35,7 +35,10 @@ def sh(args: list[str], cwd: Path, check: bool = True, timeout: float = 600):
 
 
 def copy_project(dest: Path) -> Path:
-    """What a fresh clone holds: tracked (and new, not ignored) files, a new git repo, no state."""
+    """What a fresh clone holds: tracked (and new, not ignored) files, a new git repo, no state.
+
+    Its config names free loopback ports (private_ports), so nothing a test starts, calls or
+    pushes to in the copy reaches a stack running on the default ports."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -49,6 +52,10 @@ def copy_project(dest: Path) -> Path:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
+    config = dest / "config" / "driftloop.yaml"
+    raw = yaml.safe_load(config.read_text())
+    private_ports(raw)
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], dest)
     sh(["git", "config", "user.email", "tests@driftloop.local"], dest)
     sh(["git", "config", "user.name", "driftloop tests"], dest)
@@ -66,6 +73,17 @@ def edit_config(root: Path, change: Callable[[dict], None], commit: bool = True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     if commit:
         sh(["git", "commit", "-qam", "config change"], root)
+
+
+def private_ports(raw: dict) -> None:
+    """Every endpoint, the serving and slot ports and the Slack app's port moved to free
+    loopback ports: a user's own stack holds the defaults (4200, 9091, 9090, 9093, 3000-3002,
+    ...)."""
+    for name in raw["endpoints"]:
+        raw["endpoints"][name] = f"http://127.0.0.1:{free_port()}"
+    raw["serving"]["port"] = free_port()
+    raw["serving"]["slot_ports"] = [free_port(), free_port()]
+    raw["approval"]["slack_port"] = free_port()
 
 
 def driftloop(root: Path, *args: str, check: bool = True, timeout: float = 600):

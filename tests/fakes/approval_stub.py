@@ -24,7 +24,7 @@ from tasks.approval import (
     await_decision,
     pending_requests,
 )
-from tests.support import free_port
+from tests.support import private_ports
 
 
 def sample_evidence(candidate: str, model: str = "bikeshare") -> Evidence:
@@ -183,9 +183,7 @@ def project_copy(root: Path, edit: dict[str, dict[str, Any]] | None = None) -> P
     raw = yaml.safe_load(source.read_text())
     raw["approval"]["cli_as"] = True  # the tests' CLI decides as the people they name
     raw["approval"]["slack_team_id"] = "T0TEAM"  # the local Slack's workspace
-    for name in raw["endpoints"]:  # nothing listens there: never a default port
-        if name != "prefect":
-            raw["endpoints"][name] = f"http://127.0.0.1:{free_port()}"
+    private_ports(raw)  # nothing listens there: never a default port
     for section, values in (edit or {}).items():
         raw.setdefault(section, {}).update(values)
     (root / "config").mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ class Call:
     method: str
     body: dict[str, Any]
     headers: dict[str, str]
+    status: int | None = None  # the HTTP status it was answered with
 
 
 @dataclass
@@ -54,10 +55,15 @@ class FakeSlack:
         return [c.body for c in self.calls if c.method == method]
 
     def _respond(self, method: str, body: dict[str, Any], headers: dict[str, str]):
+        call = Call(method, body, headers)
         with self._lock:
-            self.calls.append(Call(method, body, headers))
-            if self.script:
-                return self.script.pop(0)
+            self.calls.append(call)
+            scripted = self.script.pop(0) if self.script else None
+        answer = scripted or self._answer(method, body, headers)
+        call.status = answer[0]
+        return answer
+
+    def _answer(self, method: str, body: dict[str, Any], headers: dict[str, str]):
         if headers.get("authorization") != f"Bearer {self.token}":
             return 200, {}, {"ok": False, "error": "invalid_auth"}
         if method == "chat.postMessage":

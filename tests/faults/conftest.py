@@ -126,31 +126,38 @@ def bentos(project) -> set[str]:
     return {b["tag"] for b in json.loads(out or "[]")}
 
 
-def _deploy(root: Path, config: Path) -> str:
+def deploy(
+    root: Path, name: str, entrypoint: str, parameters: dict[str, object], pool: str = POOL
+) -> str:
+    """A deployment of flow `name` on a process work pool, run in `root` (as `driftloop up`
+    deploys the project's flows); returns its id."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
     with get_client(sync_client=True) as client:
         with contextlib.suppress(ObjectAlreadyExists):
-            client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
-        flow_id = client.create_flow_from_name("retrain")
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name(name)
         return str(
             client.create_deployment(
                 flow_id=flow_id,
-                name="retrain",
-                work_pool_name=POOL,
-                entrypoint="flows/retrain.py:retrain",
+                name=name,
+                work_pool_name=pool,
+                entrypoint=entrypoint,
                 path=str(root),
                 pull_steps=[
                     {"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}
                 ],
-                parameters={"config": str(config)},
+                parameters=parameters,
             )
         )
 
 
-def _start_worker(root: Path, slack: FakeSlack, api_url: str, home: str) -> subprocess.Popen:
+def start_worker(
+    root: Path, slack: FakeSlack, api_url: str, home: str, pool: str = POOL, log: Path | None = None
+) -> subprocess.Popen:
+    """A real `prefect worker` on `pool`, in its own process group, talking to `slack`."""
     env = {
         **tool_env(),
         "PREFECT_API_URL": api_url,
@@ -159,18 +166,18 @@ def _start_worker(root: Path, slack: FakeSlack, api_url: str, home: str) -> subp
         "SLACK_BOT_TOKEN": slack.token,
         "SLACK_API_URL": slack.url,
     }
-    log = (root / ".driftloop" / "worker.log").open("wb")
+    out = (log or root / ".driftloop" / "worker.log").open("wb")
     return subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+        [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
         cwd=root,
         env=env,
-        stdout=log,
+        stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
-def _stop_worker(worker: subprocess.Popen) -> None:
+def stop_worker(worker: subprocess.Popen) -> None:
     """A worker needs two signals to stop (it waits for its runs after the first)."""
     for _ in range(2):
         if worker.poll() is not None:
@@ -217,14 +224,16 @@ def retrain_rig(tmp_path_factory, prefect_server) -> Iterator[Rig]:
         project, Release(bento=bento.tag, model_tag=bento.model_tag, url="-", labels=labels)
     )
     capture_labelled_traffic(project, ["April", "May"])
-    deployment_id = _deploy(root, project.path)
+    deployment_id = deploy(
+        root, "retrain", "flows/retrain.py:retrain", {"config": str(project.path)}
+    )
     slack = FakeSlack().start()
-    worker = _start_worker(root, slack, f"{prefect_server}/api", os.environ["PREFECT_HOME"])
+    worker = start_worker(root, slack, f"{prefect_server}/api", os.environ["PREFECT_HOME"])
     try:
         yield Rig(root, project, bento.tag, deployment_id, slack, worker)
     finally:
         cancel_open_retrains()
-        _stop_worker(worker)
+        stop_worker(worker)
         from prefect import get_client
 
         with get_client(sync_client=True) as client:

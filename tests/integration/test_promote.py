@@ -20,6 +20,15 @@ import pytest
 from bench.load import Requests, finish, start_load
 from tests.fakes.approval_stub import record_approval
 from tests.fakes.slack_api import FakeSlack
+from tests.faults.conftest import (
+    deploy,
+    flow_pids,
+    flow_run,
+    kill_tree,
+    start_worker,
+    stop_worker,
+    wait_until,
+)
 from tests.integration.test_stack import free_endpoints, up
 from tests.support import BIN, copy_project, driftloop, edit_config, sh, tool_env
 
@@ -323,66 +332,99 @@ def wait_for_child(pid: int, word: str, seconds: float) -> bool:
     return False
 
 
-MARKERS = {"start": "starting ", "smoke": "smoke test:", "watch": "watch: "}
+MARKERS = {"start": " in slot ", "smoke": "smoke test:", "watch": "watch: "}
+PROMOTE_POOL = "driftloop-promote-tests"
 
 
+@pytest.fixture(scope="module")
+def promote_deployment(live, prefect_server):
+    """The promote flow deployed on a process pool of its own, as `driftloop up` deploys it."""
+    from prefect import get_client
+
+    deployment_id = deploy(
+        live.root, "promote", "flows/promote.py:promote", {"config": str(live.path)}, PROMOTE_POOL
+    )
+    yield deployment_id
+    with get_client(sync_client=True) as client:
+        client.delete_deployment(deployment_id)
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("step", list(MARKERS))
 def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
-    live, prefect_server, tmp_path, step, monkeypatch
+    live, prefect_server, promote_deployment, tmp_path, step
 ):
-    """kill -9 of the promote process mid-roll-forward; the crash hook (what Prefect runs when
-    the process is gone) puts traffic back on the recorded release and stops the stray slot."""
+    """kill -9 of the process a real worker started for a promote run, mid-roll-forward: the
+    worker marks the run Crashed and runs the flow's on_crashed hook, which puts traffic back on
+    the recorded release, stops the stray slot, logs the attempt and says so in Slack."""
     from prefect import get_client
-    from prefect.states import Crashed
 
-    from flows.promote import promote, reconcile_after_crash
     from tasks.release.releases import read_serving
     from tasks.release.rollout import idle_slot
 
     project = live
     before = read_serving(project)
+    interrupted = sum(a.stage == "interrupted" for a in attempts(project))
+    run_id, hash_ = record_approval(project, before.model_tag, "dave")
     slack = FakeSlack().start()
-    monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
-    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    log = tmp_path / "worker.log"
+    worker = start_worker(
+        project.root,
+        slack,
+        os.environ["PREFECT_API_URL"],
+        os.environ["PREFECT_HOME"],
+        PROMOTE_POOL,
+        log,
+    )
     load = traffic(project, tmp_path)
     try:
-        flow = promote_process(project, before.model_tag, "dave")
-        run_id = read_until_marker(flow, MARKERS[step], 180)
-        slot_conf = project.state_dir / "stack" / "slots" / f"{idle_slot(before)}.conf"
-        deadline = time.monotonic() + 30
-        while not slot_conf.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # killed once the candidate's program exists, as it is starting
-        os.killpg(flow.pid, signal.SIGKILL)
-        flow.wait(10)
         with get_client(sync_client=True) as client:
-            flow_run = client.read_flow_run(run_id)
-        reconcile_after_crash(promote, flow_run, Crashed(message="process killed"))
+            run = client.create_flow_run_from_deployment(
+                promote_deployment,
+                parameters={
+                    "candidate": before.model_tag,
+                    "retrain_run": run_id,
+                    "evidence_hash": hash_,
+                    "config": str(project.path),
+                },
+            )
+        flow_run_id = str(run.id)
+        wait_until(lambda: MARKERS[step] in log.read_text(errors="replace"), 240, step, 0.05)
+        slot_conf = project.state_dir / "stack" / "slots" / f"{idle_slot(before)}.conf"
+        wait_until(slot_conf.exists, 30, "the candidate's slot program", 0.05)
+        victims = flow_pids(flow_run_id)
+        assert victims, "no process runs the flow"
+        started = {child.pid for child in psutil.Process(worker.pid).children(recursive=True)}
+        assert set(victims) <= started, "the flow runs outside the test's worker"
+        for pid in victims:  # the run's own process, started by the test's worker
+            kill_tree(pid)
+        # nothing undone yet: only the crash handling that follows can do it
+        assert sum(a.stage == "interrupted" for a in attempts(project)) == interrupted
+
+        state = wait_until(
+            lambda: (s := flow_run(flow_run_id).state) is not None and s.is_final() and s,
+            120,
+            "the killed run reaching a final state",
+        )
+        assert state.is_crashed(), state
+
+        def crash_notice():
+            return [m for m in slack.posted() if "crashed" in m.get("text", "")]
+
+        (notice,) = wait_until(crash_notice, 90, "the on_crashed hook's notice")
     finally:
         requests = stop_traffic(load, tmp_path)
+        stop_worker(worker)
         slack.stop()
+    assert run.name in notice["text"] and f"{before.bento} is serving" in notice["text"]
     assert requests.failed == 0, f"{requests.failed} of {len(requests.status)} requests failed"
     assert read_serving(project) == before
     assert answered_by(project) == before.bento
     assert not slot_answers(project, idle_slot(before)), "the stray candidate still runs"
     last = attempts(project)[-1]
     assert last.stage == "interrupted" and last.release.bento != before.bento
-    (notice,) = [m for m in slack.posted() if "crashed" in m["text"]]
-    assert f"{before.bento} is serving" in notice["text"]
-
-
-def read_until_marker(process: subprocess.Popen, marker: str, seconds: float) -> str:
-    """Read the flow's log until `marker`; returns the flow run id it printed."""
-    import re
-
-    deadline = time.monotonic() + seconds
-    run_id = None
-    for line in process.stdout:
-        found = re.search(r"/runs/flow-run/([0-9a-f-]{36})", line)
-        run_id = run_id or (found.group(1) if found else None)
-        if marker in line and run_id:
-            return run_id
-        assert time.monotonic() < deadline, f"no {marker!r} within {seconds} s"
-    raise AssertionError(f"the flow ended before {marker!r}")
+    assert sum(a.stage == "interrupted" for a in attempts(project)) == interrupted + 1
+    assert flow_pids(flow_run_id) == []
 
 
 def test_after_interrupted_promotes_the_next_one_goes_live(live, tmp_path):

@@ -3,11 +3,13 @@
 The loopback server (tests/fakes/kube_api.py) answers what kubectl sends and settles workloads
 at once: healthy, stalled (past the progress deadline / analysis failed) or never progressing.
 So the apply, wait, undo and abort paths run for real in kubectl; the pods, probes and the
-Prometheus analysis themselves need a cluster, which the last test uses when there is one.
+Prometheus analysis themselves need a cluster, which the last test uses when
+DRIFTLOOP_TEST_KUBECONFIG names a disposable one (the user's kubeconfig is never read).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import uuid
@@ -21,7 +23,7 @@ from tasks.release import kubernetes as k8s_release
 from tasks.release.kubernetes import release_to_kubernetes
 from tests.contracts.test_deployments import config_copy
 from tests.fakes.kube_api import FakeKube
-from tests.support import free_port
+from tests.support import free_port, private_ports
 
 pytestmark = pytest.mark.skipif(
     shutil.which("kubectl") is None, reason="kubectl is not installed on this machine"
@@ -45,6 +47,7 @@ def kube(tmp_path, monkeypatch):
 
 def project_with(tmp_path: Path, strategy: str = "deployment", **kubernetes: object):
     def change(raw: dict) -> None:
+        private_ports(raw)
         raw["kubernetes"].update(
             {"strategy": strategy, "rollout_timeout_seconds": 10, **kubernetes}
         )
@@ -209,10 +212,17 @@ def test_without_kubectl_the_error_says_how_to_get_it(tmp_path, monkeypatch):
         k8s_release.current_image(project_with(tmp_path))
 
 
+# a real cluster only when one is named for tests: never the user's current kubeconfig
+TEST_KUBECONFIG = os.environ.get("DRIFTLOOP_TEST_KUBECONFIG", "")
+
+
 def _cluster_answers() -> bool:
+    if not TEST_KUBECONFIG or shutil.which("kubectl") is None:
+        return False
     try:
         done = subprocess.run(
             ["kubectl", "get", "--raw", "/readyz", "--request-timeout=5s"],
+            env={**os.environ, "KUBECONFIG": TEST_KUBECONFIG},
             capture_output=True,
             timeout=15,
         )
@@ -222,10 +232,14 @@ def _cluster_answers() -> bool:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not _cluster_answers(), reason="no Kubernetes cluster on this machine")
-def test_on_a_real_cluster_an_image_that_never_starts_is_reported(tmp_path):
+@pytest.mark.skipif(
+    not _cluster_answers(),
+    reason="no test cluster: DRIFTLOOP_TEST_KUBECONFIG names none, or it does not answer",
+)
+def test_on_a_real_cluster_an_image_that_never_starts_is_reported(tmp_path, monkeypatch):
     """A real API server validates the manifests, real pods never pull the image, and the
     release fails by the progress deadline instead of pretending success."""
+    monkeypatch.setenv("KUBECONFIG", TEST_KUBECONFIG)
     namespace = f"driftloop-test-{uuid.uuid4().hex[:8]}"
     subprocess.run(["kubectl", "create", "namespace", namespace], check=True, capture_output=True)
     try:
