@@ -230,6 +230,9 @@ class MonitorConfig(Section):
     workers: int = Field(2, ge=1, le=64, description="Threads computing column drift.")
 
 
+MONITOR_DEFAULTS = MonitorConfig()  # the one place monitor defaults are written: above
+
+
 class StackConfig(Section):
     """The local stack run by `driftloop up` under supervisord."""
 

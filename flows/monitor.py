@@ -12,7 +12,7 @@ from config.loader import Project, load_project
 from flows.policy import WindowOutcome, decide
 from tasks.capture import read_current
 from tasks.data import read_reference
-from tasks.metrics import MonitorMetrics, publish_metrics
+from tasks.metrics import MonitorMetrics, push_metrics
 from tasks.monitor.checks import check_window
 from tasks.monitor.history import (
     MonitorRecord,
@@ -99,7 +99,7 @@ def monitor(
     )
 
     # 5. publish (retried inside the task; a failure is raised after notifying)
-    published = publish_metrics(
+    published = push_metrics(
         project, _metrics(result, window, time.perf_counter() - began), return_state=True
     )
 
@@ -169,7 +169,7 @@ def _decide(project: Project):
 def _metrics(result, window, duration: float) -> MonitorMetrics:
     quality = result.quality
     return MonitorMetrics(
-        verdict=result.verdict,
+        verdict=result.window_verdict,
         rows=window.rows,
         label_coverage=window.label_coverage,
         duration_seconds=duration,

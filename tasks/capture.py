@@ -139,6 +139,6 @@ def _day(parts: tuple[str, ...]) -> date | None:
         return None
 
 
-@task(name="read_window", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_current(project: Project, start: datetime, end: datetime) -> Window:
     return read_window(project, start, end)

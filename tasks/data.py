@@ -259,6 +259,6 @@ def reference_for(project: Project, data_rev: str, git_commit: str | None) -> Re
     return Reference(data_rev=data_rev, frame=frame, profile=profile)
 
 
-@task(name="read_reference", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def read_reference(project: Project, data_rev: str, git_commit: str | None) -> Reference:
     return reference_for(project, data_rev, git_commit)

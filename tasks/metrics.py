@@ -116,8 +116,8 @@ def push(project: Project, job: str, registry: CollectorRegistry, replace: bool)
         ) from None
 
 
-@task(name="push_metrics", retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
-def publish_metrics(project: Project, m: MonitorMetrics) -> None:
+@task(retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
+def push_metrics(project: Project, m: MonitorMetrics) -> None:
     push_monitor_metrics(project, m)
 
 

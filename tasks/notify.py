@@ -317,7 +317,7 @@ def _quality_lines(quality) -> str:
     return "\n".join(lines)
 
 
-@task(name="post_notice", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def send_notice(project: Project, notice: Notice, new_cycle_reason: str | None) -> Delivery:
     """Reply in the model's open cycle thread, or open one with this notice."""
     thread = current_thread(project)

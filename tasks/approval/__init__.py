@@ -499,13 +499,13 @@ def _button(text: str, action_id: str, value: str, style: str, question: str) ->
     }
 
 
-@task(name="post_approval_card", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def post_approval_card(project: Project, request: ApprovalRequest):
     """Post the card (logged instead when there is no Slack token)."""
     return post_notice(project, approval_card(request))
 
 
-@task(name="update_approval_card", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def update_approval_card(project: Project, request: ApprovalRequest, decision: Decision):
     """Replace the buttons with the outcome."""
     if request.card_channel is None or request.card_ts is None:

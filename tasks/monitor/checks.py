@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from config.loader import ConfigError, Project
-from config.schema import METRICS
+from config.schema import METRICS, MONITOR_DEFAULTS
 from tasks.monitor.drift_stats import (
     CATEGORICAL,
     NUMERIC,
@@ -37,7 +37,6 @@ from tasks.monitor.drift_stats import (
     drift_table,
 )
 from tasks.monitor.validate import (
-    MAX_NAN_SHARE,
     PREDICTION_COLUMN,
     PROBA_PREFIX,
     WindowVerdict,
@@ -58,30 +57,27 @@ Engine = Literal["native", "evidently"]
 ReferenceSource = Literal["held_out", "reference_data"]
 
 # Defaults until the config carries them (see `CheckSettings.from_project`).
-MIN_LABELS = 50
-REPORT_SAMPLE_ROWS = 100_000  # the HTML report is built from at most this many rows per frame
-WORKERS = 2
 CAPTURED_PROBABILITIES = "probabilities"  # the capture's list per row, in predict_proba order
 
 
 @dataclass(frozen=True)
 class CheckSettings:
-    """Everything the checks read from config, in one place."""
+    """Everything the checks read from config; the defaults are `config/schema.py`'s."""
 
-    min_rows: int = 500
-    drift_share: float = 0.3
+    min_rows: int = MONITOR_DEFAULTS.min_rows
+    drift_share: float = MONITOR_DEFAULTS.drift_share
     method: str | None = None  # Evidently StatTest name for every column (None: its default)
     num_method: str | None = None
     cat_method: str | None = None
     per_column_method: dict[str, str] = field(default_factory=dict)
     threshold: float | None = None  # None: the method's own default
-    max_nan_share: float = MAX_NAN_SHARE
-    min_labels: int = MIN_LABELS
+    max_nan_share: float = MONITOR_DEFAULTS.max_nan_share
+    min_labels: int = MONITOR_DEFAULTS.min_labels
     quality_limit: float | None = None
     prediction_column: str = PREDICTION_COLUMN
     proba_prefix: str = PROBA_PREFIX
-    report_sample_rows: int | None = REPORT_SAMPLE_ROWS
-    workers: int = WORKERS
+    report_sample_rows: int | None = MONITOR_DEFAULTS.report_sample_rows
+    workers: int = MONITOR_DEFAULTS.workers
 
     @classmethod
     def from_project(cls, project: Project, **overrides: Any) -> CheckSettings:
@@ -222,6 +218,14 @@ class CheckResult(BaseModel):
     @property
     def usable(self) -> bool:
         return self.bad_input is None
+
+    @property
+    def window_verdict(self) -> str:
+        """The verdict a window is published under: a problem in the traffic (NaN, inf, unseen
+        categories) is named even when the checks could still run; otherwise drift or not."""
+        if self.bad_input is None and self.validation is not None and self.validation.verdicts:
+            return self.validation.verdicts[0]
+        return self.verdict
 
     @property
     def exit_code(self) -> int:
@@ -914,7 +918,7 @@ __all__ = [
 ]
 
 
-@task(name="run_checks", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def check_window(
     reference,
     current: pd.DataFrame,

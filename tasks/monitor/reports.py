@@ -20,7 +20,7 @@ def reports_dir(project: Project) -> Path:
     return project.state_dir / "reports"
 
 
-@task(name="write_report", retries=1, cache_policy=NO_CACHE)
+@task(retries=1, cache_policy=NO_CACHE)
 def write_report(
     project: Project,
     reference: pd.DataFrame,
@@ -40,7 +40,7 @@ def write_report(
     return [f"{base}/{path.name}" for path in files.paths]
 
 
-@task(name="publish_artifacts", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def publish_artifacts(
     project: Project, result: CheckResult, headline: str, window: str, report_urls: list[str]
 ) -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from config.loader import Project
+from config.schema import MONITOR_DEFAULTS
 from model.schema import FeatureSchema
 from tasks.monitor.drift_stats import FrameProfile, build_profile
 
@@ -44,9 +45,8 @@ VERDICTS: tuple[str, ...] = (
 )
 Severity = Literal["error", "warning", "info"]
 
-# Defaults until the config carries them (proposed keys: monitor.max_nan_share, ...).
-MIN_ROWS = 200
-MAX_NAN_SHARE = 0.05  # NaN share above which a non-nullable feature gets `nan_values`
+MIN_ROWS = MONITOR_DEFAULTS.min_rows  # monitor.min_rows when no project is at hand
+MAX_NAN_SHARE = MONITOR_DEFAULTS.max_nan_share  # above it a non-nullable feature gets `nan_values`
 MAX_EXAMPLES = 5
 PREDICTION_COLUMN = "prediction"
 PROBA_PREFIX = "proba_"

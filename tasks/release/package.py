@@ -78,7 +78,7 @@ def stored_model(project: Project, model_tag: str) -> StoredModel:
     )
 
 
-@task(name="read_model", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def read_model(project: Project, model_tag: str) -> StoredModel:
     """The serving model's metadata; an unreadable store leaves the monitor without it
     (logged), never without its drift check."""

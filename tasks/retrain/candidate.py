@@ -17,7 +17,7 @@ from tasks.retrain.training import TrainingResult, push_outputs, reproduce
 from tasks.retrain.trainset import build_training_set, git_commit, version_training_set
 
 
-@task(name="build_training_set", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def new_training_set(project: Project, serving: Release, run_id: str):
     """The new training set by the configured rule, versioned: DVC-pushed and git-committed."""
     frame, info = build_training_set(project, serving)
@@ -25,7 +25,7 @@ def new_training_set(project: Project, serving: Release, run_id: str):
     return info.__class__(**{**info.__dict__, "data_rev": md5, "git_commit": commit})
 
 
-@task(name="dvc_repro", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]:
     """`dvc repro` (the pipeline a person runs by hand), dvc.lock committed; the candidate's tag."""
     result = reproduce(project)
@@ -38,7 +38,7 @@ def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]
     return result, register_model(project)
 
 
-@task(name="gate", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def judge_candidate(project: Project, champion_tag: str, holdout) -> GateResult:
     """Champion (the serving model, from the BentoML store) against the candidate just trained."""
     os.environ.setdefault("BENTOML_HOME", str(bentoml_home(project)))

@@ -69,7 +69,7 @@ def earlier_open_retrain(project: Project, run_id: str) -> str | None:
     return _describe(earlier[0]) if earlier else None
 
 
-@task(name="start_retrain", cache_policy=NO_CACHE)
+@task(cache_policy=NO_CACHE)
 def start_retrain(
     project: Project, reason: str, evidence: dict, source: str = "policy"
 ) -> str | None:

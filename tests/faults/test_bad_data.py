@@ -9,6 +9,7 @@ value mutations, on both sides (current and reference), through the same path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,9 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "no_columns": (lambda f: pd.DataFrame(index=f.index), "empty"),
 }
 # the training data (reference) blocks on these; it is never judged for NaN shares or novelty
+# Where the published verdict is a more severe finding than the mutation's own: half of `temp`
+# NaN leaves 372 of 744 values, under monitor.min_rows (500), so the column is not testable.
+PUBLISHED = {"half_nan": "insufficient_data"}
 BLOCKING = {"schema_mismatch", "all_nan", "empty", "insufficient_data"}
 # changes that must not block the window, only be tolerated or reported
 HARMLESS: dict[str, Mutation] = {
@@ -119,13 +123,12 @@ def test_a_mutation_is_a_named_verdict_in_metrics_and_notice(project, reference,
         checked = result.reference_validation
     assert checked is not None and verdict in checked.verdicts, checked
     exposition, text = published(project, result, frame)
-    assert f'driftloop_window_verdict{{verdict="{result.verdict}"}} 1.0' in exposition
-    assert result.verdict in text or verdict in text
+    published_as = PUBLISHED.get(name, verdict) if side == "current" else verdict
+    assert f'driftloop_window_verdict{{verdict="{published_as}"}} 1.0' in exposition
+    assert published_as in text
     if not result.usable:
         assert result.bad_input == side and not result.dataset_drift
-        assert (
-            "driftloop_drift_share" not in exposition.split("# TYPE driftloop_drift_share")[-1][:0]
-        )
+        assert not re.search(r"^driftloop_(drift_share|dataset_drift)\b", exposition, re.M)
 
 
 @pytest.mark.parametrize("name", list(HARMLESS))

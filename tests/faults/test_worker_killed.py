@@ -32,7 +32,7 @@ def reached(run_id: str, step: str) -> bool:
         return state is not None and state.is_paused()
     if task_states(run_id).get(step) != "RUNNING":
         return False
-    if step == "dvc_repro":  # kill while a stage runs, not before dvc starts
+    if step == "train_candidate":  # kill while a stage runs, not before dvc starts
         return any(b"dvc" in _cmdline(pid) for top in flow_pids(run_id) for pid in descendants(top))
     return True
 
@@ -45,7 +45,9 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-@pytest.mark.parametrize("step", ["build_training_set", "dvc_repro", "gate", "approval"])
+@pytest.mark.parametrize(
+    "step", ["new_training_set", "train_candidate", "judge_candidate", "approval"]
+)
 def test_kill_9_during_a_retrain_step(retrain_rig, step):
     from tasks.approval import pending_requests
     from tasks.release.releases import read_serving

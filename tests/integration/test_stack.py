@@ -149,7 +149,8 @@ def children(pid: int) -> list[int]:
 def secrets_reach_only_the_worker(project, webhook_url: str) -> None:
     """/proc/PID/environ of every program: only the worker holds the Slack tokens and the
     decision key; a serving slot, added as `start_slot` adds one, holds none of them."""
-    from tasks import serving, stack
+    from tasks import stack
+    from tasks.release import serving
 
     slot = stack.stack_dir(project) / "slots" / "blue.conf"
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
