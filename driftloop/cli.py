@@ -313,7 +313,7 @@ def retrain(
     from tasks.retrain.trigger import start_retrain
 
     # the same one-run-at-a-time start as the policy's, so racing triggers get one run
-    run_id = start_retrain.fn(proj, reason, {}, source="cli")
+    run_id = start_retrain.fn(proj, reason, None, source="cli")
     if run_id is None:
         console.print("[red]failed:[/] the `retrain` deployment is not registered; `driftloop up`")
         raise typer.Exit(1)

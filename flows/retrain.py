@@ -10,7 +10,8 @@ from prefect.states import Cancelled
 
 from config.loader import load_project
 from flows.promote import promote
-from tasks.approval import ApprovalSettings, Evidence, GateRow, await_decision, evidence_hash
+from tasks.approval import ApprovalSettings, await_decision
+from tasks.evidence import WindowEvidence, approval_evidence, evidence_hash
 from tasks.notify import Notice, send_notice
 from tasks.release.releases import read_serving
 from tasks.retrain.candidate import (
@@ -44,7 +45,9 @@ def report_crash(flow, flow_run, state) -> None:
 
 @flow(name="retrain", log_prints=True, persist_result=True, on_crashed=[report_crash])
 def retrain(
-    reason: str = "manual", evidence: dict | None = None, config: str | None = None
+    reason: str = "manual",
+    evidence: WindowEvidence | None = None,
+    config: str | None = None,
 ) -> dict:
     """Train a candidate on the recent labelled window, gate it, ask a person, promote on yes."""
     logger = get_run_logger()
@@ -98,23 +101,14 @@ def retrain(
         return outcome
 
     # 4. one decision: Slack buttons, the Prefect UI resume form, or the CLI
-    proof = Evidence(
-        model=project.config.project.name,
-        reason=reason,
-        drift_summary=(evidence or {}).get("message", ""),
-        gate=[
-            GateRow(
-                metric=g.metric,
-                champion=g.champion,
-                candidate=g.candidate,
-                delta=g.delta,
-                passed=g.passed,
-            )
-            for g in verdict.lines
-        ],
-        data_rev=trainset.data_rev,
-        candidate=candidate,
-        retrain_run_id=run_id,
+    proof = approval_evidence(
+        project.config.project.name,
+        reason,
+        evidence,
+        verdict.lines,
+        trainset.data_rev,
+        candidate,
+        run_id,
     )
     settings = ApprovalSettings.from_project(project)
     decision = await_decision(project, proof, settings.timeout_seconds, settings.approvers)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -44,10 +43,11 @@ from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.input import RunInput
 from prefect.input.actions import read_flow_run_input
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from config.loader import Project
 from tasks.commands import CommandError
+from tasks.evidence import DriftRow, Evidence, GateRow, evidence_hash  # noqa: F401
 from tasks.metrics import PublishError, push
 from tasks.notify import Notice, post_notice, update_notice
 
@@ -62,47 +62,6 @@ DECISION_KEY = "driftloop-approval-decision-"
 ACTION_APPROVE = "driftloop_approve"
 ACTION_REJECT = "driftloop_reject"
 PAST = {"approve": "approved", "reject": "rejected", "expired": "expired"}
-
-
-# ---------------------------------------------------------------- evidence
-
-
-class DriftRow(BaseModel):
-    column: str
-    method: str = ""
-    score: float | None = None
-    threshold: float | None = None
-    drifted: bool = True
-
-
-class GateRow(BaseModel):
-    metric: str
-    champion: float | None = None
-    candidate: float | None = None
-    delta: float | None = None
-    passed: bool
-
-
-class Evidence(BaseModel):
-    """What a person approves: why, what moved, how the candidate compares, and from what data."""
-
-    model: str
-    reason: str
-    drift_summary: str = ""  # one line, e.g. "7 of 11 columns drifted (dataset drift)"
-    drift: list[DriftRow] = []
-    gate: list[GateRow] = []
-    data_rev: str
-    candidate: str  # the candidate's exact model tag
-    retrain_run_id: str
-    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-
-
-def evidence_hash(evidence: Evidence) -> str:
-    """sha256 of the canonical JSON (sorted keys, no whitespace), first 16 hex digits."""
-    canonical = json.dumps(
-        evidence.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 UI_IDENTITY = "prefect-ui"  # all the Prefect UI proves: its user holds the server's auth string

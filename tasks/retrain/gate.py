@@ -10,23 +10,14 @@ from sklearn.pipeline import Pipeline
 from config.loader import Project
 from config.schema import METRICS
 from model.evaluate import evaluate
-
-
-@dataclass(frozen=True)
-class GateLine:
-    metric: str
-    champion: float
-    candidate: float
-    delta: float  # positive: the candidate is better
-    passed: bool
-    rule: str
+from tasks.evidence import GateRow
 
 
 @dataclass(frozen=True)
 class GateResult:
     passed: bool
     rows: int
-    lines: list[GateLine]
+    lines: list[GateRow]
     reason: str
 
 
@@ -48,7 +39,16 @@ def gate(
         else:
             ok = -delta / scale <= cfg.guard_tolerance
             rule = f"no worse than {cfg.guard_tolerance:.0%}"
-        lines.append(GateLine(name, old[name], new[name], delta, ok, rule))
+        lines.append(
+            GateRow(
+                metric=name,
+                champion=old[name],
+                candidate=new[name],
+                delta=delta,
+                passed=ok,
+                rule=rule,
+            )
+        )
     passed = all(line.passed for line in lines)
     head = lines[0]
     reason = (

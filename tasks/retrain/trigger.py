@@ -23,13 +23,15 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from config.loader import Project
+from tasks.evidence import WindowEvidence
 
 RETRAIN_DEPLOYMENT = "retrain/retrain"
 OPEN_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
 
 
-def _retrain_runs(project: Project, open_only: bool) -> list[FlowRun]:
-    """This model's retrain runs, oldest first."""
+def _retrain_runs(open_only: bool) -> list[FlowRun]:
+    """The retrain runs on this model's Prefect server, oldest first. The deployment's name is
+    fixed (`retrain/retrain`), so a server holds one model's loop and every run is this model's."""
     run_filter = None
     if open_only:
         run_filter = FlowRunFilter(
@@ -42,9 +44,7 @@ def _retrain_runs(project: Project, open_only: bool) -> list[FlowRun]:
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,
         )
-    name = project.config.project.name
-    mine = [r for r in runs if (r.parameters or {}).get("model") in (None, name)]
-    return sorted(mine, key=lambda r: (r.created, str(r.id)))
+    return sorted(runs, key=lambda r: (r.created, str(r.id)))
 
 
 def _describe(run: FlowRun) -> str:
@@ -54,14 +54,14 @@ def _describe(run: FlowRun) -> str:
 def open_retrain(project: Project) -> str | None:
     """The id and state of a retrain run that is not finished, if any (running or awaiting
     approval): the policy never starts a second one."""
-    runs = _retrain_runs(project, open_only=True)
+    runs = _retrain_runs(open_only=True)
     return _describe(runs[0]) if runs else None
 
 
 def earlier_open_retrain(project: Project, run_id: str) -> str | None:
     """An open retrain run created before `run_id`, if any: the earliest open run goes ahead and
     every later one stands down, so concurrent runs agree on one without a lock."""
-    runs = _retrain_runs(project, open_only=True)
+    runs = _retrain_runs(open_only=True)
     me = next((r for r in runs if str(r.id) == run_id), None)
     if me is None:
         return _describe(runs[0]) if runs else None
@@ -71,11 +71,11 @@ def earlier_open_retrain(project: Project, run_id: str) -> str | None:
 
 @task(cache_policy=NO_CACHE)
 def start_retrain(
-    project: Project, reason: str, evidence: dict, source: str = "policy"
+    project: Project, reason: str, evidence: WindowEvidence | None, source: str = "policy"
 ) -> str | None:
     """Start the `retrain` deployment unless a retrain is open; returns the run id (the open
     one's when there is one), or None when the deployment is not registered."""
-    runs = _retrain_runs(project, open_only=False)
+    runs = _retrain_runs(open_only=False)
     newest = runs[-1] if runs else None
     if newest is not None and newest.state_type in OPEN_STATES:
         return str(newest.id)
@@ -85,7 +85,10 @@ def start_retrain(
     try:
         run = run_deployment(
             RETRAIN_DEPLOYMENT,
-            parameters={"reason": reason, "evidence": evidence},
+            parameters={
+                "reason": reason,
+                "evidence": evidence.model_dump(mode="json") if evidence else None,
+            },
             timeout=0,
             tags=[source],
             idempotency_key=f"retrain:{project.config.project.name}:after:{after}",

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from tasks.evidence import WindowEvidence
 from tests.faults.conftest import flow_run, request_hash, wait_until
 from tests.support import BIN, tool_env
 
@@ -26,7 +27,7 @@ def trigger_at_once(project, count: int) -> list[str | None]:
 
     def one(i: int) -> None:
         gate.wait(10)
-        results[i] = start_retrain.fn(project, f"test: burst {i}", {"message": "burst"})
+        results[i] = start_retrain.fn(project, f"test: burst {i}", WindowEvidence(message="burst"))
 
     threads = [
         threading.Thread(target=contextvars.copy_context().run, args=(one, i)) for i in range(count)
@@ -62,7 +63,7 @@ def test_ten_triggers_at_once_run_one_retrain(retrain_rig):
 
     # it runs to the approval; meanwhile another trigger is handed the same open run
     wait_until(lambda: flow_run(run_id).state.is_paused(), 300, "the retrain asking for approval")
-    assert start_retrain.fn(project, "test: late", {}) == run_id
+    assert start_retrain.fn(project, "test: late", None) == run_id
     by_hand = subprocess.run(
         [str(BIN / "driftloop"), "retrain", "--config", str(project.path)],
         cwd=project.root,

@@ -55,7 +55,7 @@ def test_kill_9_during_a_retrain_step(retrain_rig, step):
 
     project, slack = retrain_rig.project, retrain_rig.slack
     before_bentos = bentos(project)
-    run_id = start_retrain.fn(project, f"test: kill -9 at {step}", {})
+    run_id = start_retrain.fn(project, f"test: kill -9 at {step}", None)
     wait_until(lambda: reached(run_id, step), 300, f"the retrain reaching {step}", every=0.1)
 
     for pid in flow_pids(run_id):
@@ -90,7 +90,7 @@ def test_after_the_kills_the_next_trigger_runs_to_a_decision(retrain_rig):
     from tasks.retrain.trigger import start_retrain
 
     project = retrain_rig.project
-    run_id = start_retrain.fn(project, "test: after the kills", {})
+    run_id = start_retrain.fn(project, "test: after the kills", None)
     wait_until(lambda: flow_run(run_id).state.is_paused(), 300, "the retrain asking for approval")
     result = submit_decision(
         project,
