@@ -135,7 +135,10 @@ def limit(ref: pd.DataFrame, cur: pd.DataFrame, numeric: list[str], categorical:
 # ---------------------------------------------------------------- child: timing
 def time_case(ref_path: Path, cur_path: Path, repeats: int, preset_repeats: int) -> dict:
     """Every variant round-robin in one process; medians, and the verdicts of the last repeat."""
-    from tasks.monitor.checks import CheckSettings, preset_drift, reference_profile, run_checks
+    from tasks.monitor.checks import run_checks
+    from tasks.monitor.evidently_engine import preset_drift
+    from tasks.monitor.profile import reference_profile
+    from tasks.monitor.settings import CheckSettings
 
     ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)
     numeric, categorical = split_columns(ref)

@@ -26,7 +26,8 @@ from driftloop.console import (
 from driftloop.preflight import require
 
 if TYPE_CHECKING:
-    from tasks.approval import GateRow, PendingRequest
+    from tasks.approval.records import PendingRequest
+    from tasks.evidence import GateRow
 
 RunArgument = Annotated[
     str, typer.Argument(help="Flow run id of the paused request (see `driftloop pending`).")
@@ -87,7 +88,7 @@ def _decide(
     use_prefect(proj)
     import httpx
 
-    from tasks.approval import submit_decision
+    from tasks.approval.submit import submit_decision
 
     approver = _identity(proj, as_user)
     if not evidence_hash:
@@ -136,7 +137,7 @@ def pending(
     use_prefect(proj)
     import httpx
 
-    from tasks.approval import pending_requests
+    from tasks.approval.pending import pending_requests
 
     try:
         requests = pending_requests(proj)

@@ -29,7 +29,9 @@ def check(
     config: ConfigOption = None,
 ) -> None:
     """Validate both files, check drift and quality; exit 0 no drift, 1 drift, 2 bad input."""
-    from tasks.monitor.checks import BadInput, CheckSettings, run_checks, save_report
+    from tasks.monitor.checks import run_checks
+    from tasks.monitor.report_html import BadInput, save_report
+    from tasks.monitor.settings import CheckSettings
 
     proj = project(config)
     with failures():

@@ -15,7 +15,9 @@ from rich.table import Table
 
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.check_cmd import check
-from driftloop.console import ConfigOption, console, failures, key_values, project
+from driftloop.console import ConfigOption, console, failures, project
+from driftloop.demo import run_demo
+from driftloop.lineage_view import lineage_chain, render_lineage
 from driftloop.preflight import require
 from driftloop.release_cmd import promote as promote_candidate
 from driftloop.release_cmd import release, serve
@@ -104,60 +106,6 @@ def lineage(
         print(json.dumps({**release.model_dump(), "lineage": lineage_chain(release)}, indent=2))
         return
     render_lineage(release)
-
-
-def lineage_chain(release) -> dict[str, str]:
-    """bento -> model -> data rev -> commit -> retrain run -> approver and time -> evidence."""
-    labels = release.labels
-    keys = (
-        "data_rev",
-        "git_commit",
-        "retrain_run",
-        "approver",
-        "approval_channel",
-        "approved_at",
-        "evidence_hash",
-    )
-    return {"bento": release.bento, "model_tag": release.model_tag} | {
-        key: labels.get(key, "") for key in keys
-    }
-
-
-def render_lineage(release, out: Console = console) -> None:
-    """Key: value lines with short keys, so a 64-character hash stays whole at 80 columns."""
-    labels = release.labels
-    dirty = " (uncommitted changes)" if labels.get("git_dirty") == "true" else ""
-    rows = [
-        ("endpoint", release.url),
-        ("bento", release.bento),
-        ("model", release.model_tag),
-        ("data rev", f"{labels.get('data_rev', '?')} (DVC md5)"),
-        ("git commit", labels.get("git_commit", "?") + dirty),
-        ("params hash", labels.get("params_hash", "?")),
-        ("retrain run", labels.get("retrain_run") or "- (built by hand)"),
-        ("approved by", approval_text(release)),
-        ("evidence hash", labels.get("evidence_hash") or "-"),
-    ]
-    if labels.get("image"):
-        rows.append(("image", labels["image"]))
-    rows.append(("serving since", release.started_at))
-    out.print("[bold]what is serving[/]")
-    out.print(key_values(rows, sep=""))  # "approved by  cli:alice", as it always read
-
-
-def approval_text(release) -> str:
-    """'cli:alice at TIME', or how it came without an approval: by hand, by whom."""
-    labels = release.labels
-    if labels.get("approver"):
-        channel = labels.get("approval_channel")
-        who = f"{channel}:{labels['approver']}" if channel else labels["approver"]
-        text = f"{who} at {labels['approved_at']}" if labels.get("approved_at") else who
-        if release.how != "promote":
-            text += f" (then a {release.how} by {release.released_by or '?'})"
-        return text
-    if release.how in ("release", "rollback") and release.released_by:
-        return f"- (a {release.how} by hand by {release.released_by})"
-    return "- (released by hand)"
 
 
 @app.command("rollback")
@@ -348,7 +296,7 @@ def propose(
 @app.command("render")
 def render(config: ConfigOption = None) -> None:
     """Re-render deployments/ (rules, rule tests, Alertmanager, Grafana, compose) from config."""
-    from tasks.render import write_deployments
+    from tasks.render.deployments import write_deployments
 
     proj = project(config)
     with failures():
@@ -360,33 +308,34 @@ def render(config: ConfigOption = None) -> None:
 @app.command("up")
 def up(config: ConfigOption = None) -> None:
     """Start the local stack (Prefect, Pushgateway, Prometheus, Alertmanager, nginx); idempotent."""
-    from tasks import stack
+    from tasks.stack import lifecycle
+    from tasks.stack.paths import log_dir
 
     proj = project(config)
     with failures(), console.status("starting the stack ...") as spinner:
-        rows = stack.up(proj, progress=lambda text: spinner.update(text))
+        rows = lifecycle.up(proj, progress=lambda text: spinner.update(text))
     render_status(rows)
-    console.print(f"logs: {stack.log_dir(proj)}   stop with: driftloop down")
+    console.print(f"logs: {log_dir(proj)}   stop with: driftloop down")
 
 
 @app.command("down")
 def down(config: ConfigOption = None) -> None:
     """Stop everything `driftloop up` started, and nothing else."""
-    from tasks import stack
+    from tasks.stack import lifecycle
 
     proj = project(config)
     with failures():
-        stopped = stack.down(proj)
+        stopped = lifecycle.down(proj)
     console.print("stack stopped" if stopped else "stack was not running")
 
 
 @app.command("status")
 def status(config: ConfigOption = None) -> None:
     """A table of the stack's services: URL, state, pid, uptime, health."""
-    from tasks import stack
+    from tasks.stack import lifecycle
 
     proj = project(config)
-    rows = stack.status(proj)
+    rows = lifecycle.status(proj)
     render_status(rows)
     if not all(row.healthy for row in rows):
         raise typer.Exit(3)
@@ -437,8 +386,6 @@ def demo(
 
     Waits for a real approval unless --approve is given."""
     import getpass
-
-    from driftloop.demo import run_demo
 
     proj = project(config)
     with failures():

@@ -70,7 +70,7 @@ def use_prefect(proj: Project) -> None:
     """
     import os
 
-    from tasks.stack import prefect_env
+    from tasks.stack.secrets import prefect_env
 
     env = prefect_env(proj)
     for key, value in env.items():

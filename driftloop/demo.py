@@ -16,6 +16,7 @@ from rich.table import Table
 
 from config.loader import Project
 from driftloop.console import console
+from driftloop.lineage_view import render_lineage
 
 # the replayed months, as (label in the data's `mnth` column, first day, first day of the next)
 MONTHS = [
@@ -48,23 +49,24 @@ def run_demo(
 ) -> list[WindowRow]:
     from getpass import getuser
 
-    from tasks import stack
     from tasks.data import ensure_data
     from tasks.release.package import build_bento, register_model
     from tasks.release.releases import read_serving
     from tasks.release.rollout import go_live
     from tasks.retrain.training import reproduce
+    from tasks.stack import lifecycle
+    from tasks.stack.paths import prefect_auth_file
 
     step("1. the local stack: Prefect, Pushgateway, Prometheus, Alertmanager, nginx")
     with console.status("driftloop up ...") as spinner:
-        stack.up(project, progress=spinner.update)
+        lifecycle.up(project, progress=spinner.update)
     ep = project.config.endpoints
     console.print(
         f"Prefect UI {ep.prefect}   Prometheus {ep.prometheus}/alerts   "
         f"Alertmanager {ep.alertmanager}   reports {ep.reports}"
     )
     console.print(
-        f"the Prefect UI asks for the auth string in {stack.prefect_auth_file(project)}",
+        f"the Prefect UI asks for the auth string in {prefect_auth_file(project)}",
         highlight=False,
     )
     try:
@@ -100,15 +102,13 @@ def run_demo(
         render_windows(rows)
 
         step("7. lineage of what is serving")
-        from driftloop.cli import render_lineage
-
         render_lineage(read_serving(project))
         return rows
     finally:
         if keep:
             console.print("[yellow]--keep: the stack stays up; stop it with `driftloop down`[/]")
         else:
-            stack.down(project)
+            lifecycle.down(project)
             console.print("stack stopped")
 
 
@@ -177,7 +177,7 @@ def wait_for_request(project: Project, timeout: float = 600):
     """The retrain the policy started, once it asks for a decision (None if the gate said no)."""
     import time
 
-    from tasks.approval import pending_requests
+    from tasks.approval.pending import pending_requests
     from tasks.retrain.trigger import open_retrain
 
     deadline = time.monotonic() + timeout
@@ -207,7 +207,8 @@ def decide_request(project: Project, request, approve_as: str | None) -> None:
     """Through the same decision record as Slack, the UI and `driftloop approve`."""
     import time
 
-    from tasks.approval import pending_requests, submit_decision
+    from tasks.approval.pending import pending_requests
+    from tasks.approval.submit import submit_decision
 
     console.print(f"approval request: {request.url}")
     if approve_as is None:

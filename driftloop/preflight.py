@@ -31,7 +31,7 @@ def require(project: Project, *names: str, url: str | None = None) -> None:
     A name is a stack service ("prefect", "pushgateway", "nginx", ...) or "serving": the
     endpoint clients call, `url` when given, else serving.host:serving.port.
     """
-    from tasks.stack import healthy
+    from tasks.stack.services import healthy
 
     for name in names:
         target = target_for(project, name, url)
@@ -48,7 +48,7 @@ def target_for(project: Project, name: str, url: str | None = None) -> Target:
     """Where `name` is and how to probe it: the stack's own health checks, not a second copy."""
     if name == "serving":
         return serving_target(project, url)
-    from tasks.stack import services
+    from tasks.stack.services import services
 
     svc = {s.name: s for s in services(project)}[ALIASES.get(name, name)]
     target = Target(svc.name.replace("-", " "), svc.url, svc.health)

@@ -145,9 +145,9 @@ def _free_port() -> int:
 
 def _require_stack(proj) -> None:
     """The slots are supervisord programs of the stack: without it, one line and exit 2."""
-    from tasks import stack
+    from tasks.stack.supervisor import supervisor_pid
 
-    if stack.supervisor_pid(proj) is None:
+    if supervisor_pid(proj) is None:
         err_console.print(
             "[bold red]failed:[/] the local stack (supervisord) is not running: start it with "
             "`driftloop up`",

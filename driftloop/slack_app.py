@@ -219,7 +219,8 @@ class Interactions:
         return None
 
     async def _handle(self, payload: dict[str, Any], action: dict[str, Any]) -> None:
-        from tasks.approval import _arefusal, asubmit_decision
+        from tasks.approval.audit import arecord_refusal
+        from tasks.approval.submit import asubmit_decision
 
         try:
             user_id, team = slack_identity(payload)
@@ -227,7 +228,7 @@ class Interactions:
             decision = DECISIONS[action["action_id"]]
             refusal = self.team_refusal(user_id, team)
             if refusal is not None:
-                await _arefusal(
+                await arecord_refusal(
                     self.project, run_id, decision, user_id, "slack", hash_ or None, refusal
                 )
                 await self._tell(payload, f":no_entry: Not recorded: {refusal}")
@@ -253,7 +254,7 @@ class Interactions:
             )
 
     async def _update_card(self, payload: dict[str, Any], result) -> None:
-        from tasks.approval import approval_card
+        from tasks.approval.card import approval_card
         from tasks.notify import update_notice
 
         container = payload.get("container") or {}
@@ -569,7 +570,7 @@ def slack(
     # this process runs no flow: its log lines stay here instead of warning that they cannot
     # go to a flow run's log
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-    from tasks.approval import ApprovalSettings
+    from tasks.approval.settings import ApprovalSettings
 
     found = secrets()
     if found.slack_bot_token is None:

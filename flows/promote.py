@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from config.loader import Project, load_project
-from tasks.approval import NoRecordedApproval, verified_approval
+from tasks.approval.identity import NoRecordedApproval, verified_approval
 from tasks.notify import Notice, close_thread, send_notice
 from tasks.release.package import build_bento, export_bento
 from tasks.release.releases import Attempt, Release, read_serving
@@ -92,7 +92,7 @@ def refuse_promotion(
     project: Project, candidate: str, retrain_run: str, evidence_hash: str, reason: str
 ) -> None:
     """Audit a promotion asked for without a recorded approval; serving is not touched."""
-    from tasks.approval import record_refusal
+    from tasks.approval.audit import record_refusal
 
     text = f":no_entry: promotion of {candidate} refused: {reason}. Serving is unchanged."
     get_run_logger().error(text)

@@ -10,7 +10,8 @@ from prefect.states import Cancelled
 
 from config.loader import load_project
 from flows.promote import promote
-from tasks.approval import ApprovalSettings, await_decision
+from tasks.approval.settings import ApprovalSettings
+from tasks.approval.wait import await_decision
 from tasks.evidence import WindowEvidence, approval_evidence, evidence_hash
 from tasks.notify import Notice, send_notice
 from tasks.release.releases import read_serving

@@ -241,8 +241,8 @@ class Reference:
 
 def reference_for(project: Project, data_rev: str, git_commit: str | None) -> Reference:
     """The serving model's training data at its data rev, with its drift profile (cached)."""
-    from tasks.monitor.checks import reference_profile
     from tasks.monitor.drift_stats import FrameProfile
+    from tasks.monitor.profile import reference_profile
 
     frame = read_data_rev(project, data_rev, git_commit)
     cache = project.state_dir / "profiles" / f"{data_rev}.pkl"

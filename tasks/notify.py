@@ -191,7 +191,9 @@ def open_thread(project: Project, delivery: Delivery, reason: str) -> Thread | N
     return thread
 
 
+@task(cache_policy=NO_CACHE)
 def close_thread(project: Project) -> None:
+    """End the model's cycle: the next notice opens a new thread."""
     _write_thread(project, None)
 
 

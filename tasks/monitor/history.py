@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from config.loader import Project
@@ -34,6 +36,7 @@ def history_dir(project: Project) -> Path:
     return project.state_dir / "monitor"
 
 
+@task(cache_policy=NO_CACHE)
 def save_record(project: Project, record: MonitorRecord) -> Path:
     """One JSON file per run plus a line in the history; written before publish or notify."""
     runs = history_dir(project) / "runs"
@@ -55,7 +58,9 @@ def recent_windows(project: Project, n: int) -> list[dict]:
     return [r for r in rows if r["model"] == project.config.project.name][-n:]
 
 
+@task(cache_policy=NO_CACHE)
 def record_trigger(project: Project, reason: str, run_id: str | None) -> None:
+    """The policy's memory of when it last started a retrain (its cooldown reads it)."""
     path = history_dir(project) / "triggers.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {

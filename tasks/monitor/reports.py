@@ -12,8 +12,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
-from tasks.monitor.checks import CheckResult, QualityResult, save_report
-from tasks.render import drift_report_key
+from tasks.monitor.report_html import save_report
+from tasks.monitor.results import CheckResult, QualityResult
+from tasks.render.alerts import drift_report_key
 
 
 def reports_dir(project: Project) -> Path:

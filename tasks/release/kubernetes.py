@@ -17,8 +17,8 @@ from pathlib import Path
 
 from config.loader import Project
 from tasks.commands import CommandError, run
-from tasks.render import _rendered_note
 from tasks.render import kubernetes as k8s
+from tasks.render.files import rendered_note
 
 FIELD_MANAGER = "driftloop"
 POLL_SECONDS = 2.0
@@ -96,7 +96,7 @@ def current_image(project: Project) -> str:
 def write_manifest(project: Project, version: str) -> Path:
     """A copy of the strategy's manifest with the release's version, under the state dir."""
     name = k8s.strategy_file(project)
-    text = k8s.manifest_files(project, _rendered_note(project), version)[name]
+    text = k8s.manifest_files(project, rendered_note(project), version)[name]
     path = project.state_dir / "k8s" / f"{version}-{name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -31,7 +31,7 @@ class ApprovedCandidate:
 
 def approved_candidate(project: Project, run_id: str) -> ApprovedCandidate:
     """The candidate of `run_id` with the approval recorded for it, or PromotionRefused."""
-    from tasks.approval import recorded_decision
+    from tasks.approval.store import recorded_decision
 
     run = _retrain_run(run_id)
     request, decision = recorded_decision(project, str(run.id))

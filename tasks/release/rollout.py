@@ -164,14 +164,15 @@ def reconcile(project: Project) -> str | None:
     """Make nginx and the slots agree with serving.json again after a roll-forward's process
     died half-way (killed, host lost): traffic back on the recorded release, the stray slot
     stopped and its attempt logged as rolled back. Returns what it did, or None."""
-    from tasks import stack
+    from tasks.stack.nginx import upstream_port
+    from tasks.stack.supervisor import supervisor_pid
 
     current = read_serving(project)
-    if current is None or current.slot not in SLOTS or stack.supervisor_pid(project) is None:
+    if current is None or current.slot not in SLOTS or supervisor_pid(project) is None:
         return None
     stray = idle_slot(current)
     stray_bento = slot_bento(project, stray)
-    moved = stack.upstream_port(project) != slot_port(project, current.slot)
+    moved = upstream_port(project) != slot_port(project, current.slot)
     if not moved and stray_bento is None:
         return None
     done = []
@@ -202,9 +203,9 @@ def reconcile(project: Project) -> str | None:
 
 def slot_bento(project: Project, slot: str) -> str | None:
     """The bento a slot's supervisord program serves, if the slot is configured."""
-    from tasks import stack
+    from tasks.stack.paths import stack_dir
 
-    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    conf = stack_dir(project) / "slots" / f"{slot}.conf"
     if not conf.exists():
         return None
     match = re.search(r" serve (\S+) ", conf.read_text())

@@ -181,9 +181,16 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
 
     On failure the slot is stopped again and the error names the bento, the slot and its log.
     """
-    from tasks import stack
+    from tasks.stack.paths import log_dir, stack_dir
+    from tasks.stack.services import healthy
+    from tasks.stack.supervisor import (
+        program_section,
+        program_states,
+        supervisor_pid,
+        supervisorctl,
+    )
 
-    if stack.supervisor_pid(project) is None:
+    if supervisor_pid(project) is None:
         raise CommandError("the stack is not running; start it with `driftloop up`")
     port = slot_port(project, slot)
     wait_port_free(port, PORT_FREE_SECONDS)  # an old server's workers must not answer for it
@@ -195,19 +202,19 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
         **capture_env(project),
     }
     command = [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
-    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    conf = stack_dir(project) / "slots" / f"{slot}.conf"
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.touch(mode=0o600)  # it may carry the capture token
     conf.chmod(0o600)
-    conf.write_text("\n".join(stack.program_section(project, f"bento-{slot}", command, env)) + "\n")
-    log = stack.log_dir(project) / f"bento-{slot}.log"
+    conf.write_text("\n".join(program_section(project, f"bento-{slot}", command, env)) + "\n")
+    log = log_dir(project) / f"bento-{slot}.log"
     offset = log.stat().st_size if log.exists() else 0  # the log is shared across starts
-    stack.supervisorctl(project, "update", check=True)  # adds the program and starts it
+    supervisorctl(project, "update", check=True)  # adds the program and starts it
     deadline = time.monotonic() + project.config.serving.ready_timeout_seconds
     while time.monotonic() < deadline:
-        if stack.healthy(f"{slot_url(project, slot)}/readyz"):
+        if healthy(f"{slot_url(project, slot)}/readyz"):
             return
-        state = stack.program_states(project).get(f"bento-{slot}", ("UNKNOWN",))[0]
+        state = program_states(project).get(f"bento-{slot}", ("UNKNOWN",))[0]
         if state == "FATAL" or _startup_failed(log, offset):
             stop_slot(project, slot)
             raise CommandError(f"bento {bento} failed to start in slot {slot}; see {log}")
@@ -240,21 +247,24 @@ def wait_port_free(port: int, seconds: float) -> None:
 
 def stop_slot(project: Project, slot: str) -> None:
     """Remove the slot's program: supervisord stops it (and its workers) and forgets it."""
-    from tasks import stack
+    from tasks.stack.paths import stack_dir
+    from tasks.stack.supervisor import supervisor_pid, supervisorctl
 
-    conf = stack.stack_dir(project) / "slots" / f"{slot}.conf"
+    conf = stack_dir(project) / "slots" / f"{slot}.conf"
     if conf.exists():
         conf.unlink()
-        if stack.supervisor_pid(project) is not None:
-            stack.supervisorctl(project, "update", check=True)
+        if supervisor_pid(project) is not None:
+            supervisorctl(project, "update", check=True)
 
 
 def switch_traffic(project: Project, slot: str) -> None:
     """Point nginx at `slot`: new upstream file, `nginx -t`, then a graceful reload (HUP)."""
-    from tasks import stack
+    from tasks.stack.nginx import write_upstream
+    from tasks.stack.paths import stack_dir
+    from tasks.stack.supervisor import supervisorctl
 
-    path = stack.write_upstream(project, slot_port(project, slot))
-    nginx_dir = stack.stack_dir(project) / "nginx"
+    path = write_upstream(project, slot_port(project, slot))
+    nginx_dir = stack_dir(project) / "nginx"
     test = subprocess.run(
         ["nginx", "-t", "-q", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")],
         capture_output=True,
@@ -262,4 +272,4 @@ def switch_traffic(project: Project, slot: str) -> None:
     )
     if test.returncode != 0:
         raise CommandError(f"nginx rejected {path}: {test.stderr.strip()}")
-    stack.supervisorctl(project, "signal", "HUP", "nginx", check=True)
+    supervisorctl(project, "signal", "HUP", "nginx", check=True)

@@ -13,7 +13,8 @@ import math
 import re
 
 from config.loader import Project
-from tasks.render import API_CALLS, _yaml
+from tasks.render.files import yaml_text
+from tasks.render.names import API_CALLS
 
 # The committed files carry this tag; a release replaces it with its bento version.
 PLACEHOLDER_VERSION = "BENTO_VERSION"
@@ -296,6 +297,7 @@ def manifest_files(project: Project, note: str, version: str = PLACEHOLDER_VERSI
         else f"Release {version}."
     )
     return {
-        name: _yaml(docs[0], f"{note}\n{usage}") + "".join(f"---\n{_yaml(d, '')}" for d in docs[1:])
+        name: yaml_text(docs[0], f"{note}\n{usage}")
+        + "".join(f"---\n{yaml_text(d, '')}" for d in docs[1:])
         for name, docs in manifests(project, version).items()
     }

@@ -46,7 +46,7 @@ def plan_retrain(project: Project, reason: str) -> RetrainPlan:
         f"{gate.min_relative_improvement:.0%}; guards {gate.guard_metrics or 'none'} no worse "
         f"than {gate.guard_tolerance:.0%}"
     )
-    from tasks.approval import allowed_identities
+    from tasks.approval.settings import allowed_identities
 
     who = ", ".join(allowed_identities(cfg.approval)) or "anyone"
     plan.lines.append(

@@ -11,7 +11,11 @@ import pytest
 import yaml
 
 from config.loader import Project, load_project
-from tasks import render
+from tasks.render.alert_tests import rules_tests
+from tasks.render.alerts import alert_rules
+from tasks.render.deployments import write_deployments
+from tasks.render.grafana import grafana_dashboard
+from tasks.render.names import GRAFANA_DASHBOARDS_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = ROOT / "deployments"
@@ -35,7 +39,7 @@ def config_copy(tmp_path: Path, change: Callable[[dict], None]) -> Project:
 
 
 def rules_of(project: Project) -> list[dict]:
-    return [rule for group in render.alert_rules(project)["groups"] for rule in group["rules"]]
+    return [rule for group in alert_rules(project)["groups"] for rule in group["rules"]]
 
 
 def expr_of(project: Project, alert: str) -> str:
@@ -43,7 +47,7 @@ def expr_of(project: Project, alert: str) -> str:
 
 
 def test_committed_files_are_a_fresh_render_of_the_config(project, tmp_path):
-    written = render.write_deployments(project, tmp_path)
+    written = write_deployments(project, tmp_path)
     assert len(written) >= 10
     for path in written:
         rel = path.relative_to(tmp_path)
@@ -55,7 +59,7 @@ def test_committed_files_are_a_fresh_render_of_the_config(project, tmp_path):
 
 
 def test_every_file_says_it_is_rendered_and_holds_no_machine_path(project, tmp_path):
-    for path in render.write_deployments(project, tmp_path):
+    for path in write_deployments(project, tmp_path):
         text = path.read_text()
         head = json.loads(text)["description"] if path.suffix == ".json" else text[:200]
         assert "Rendered from config/driftloop.yaml by `driftloop render`" in head, path.name
@@ -71,8 +75,8 @@ def test_alert_names_are_those_of_docs_metrics_md(project):
 
 def test_rules_and_panels_use_only_documented_metrics(project):
     documented = set(METRIC_NAME.findall((ROOT / "docs" / "metrics.md").read_text()))
-    used = set(METRIC_NAME.findall(json.dumps(render.alert_rules(project))))
-    used |= set(METRIC_NAME.findall(json.dumps(render.grafana_dashboard(project))))
+    used = set(METRIC_NAME.findall(json.dumps(alert_rules(project))))
+    used |= set(METRIC_NAME.findall(json.dumps(grafana_dashboard(project))))
     assert "driftloop_column_drift_score" in used
     assert used <= documented, f"not in docs/metrics.md: {sorted(used - documented)}"
 
@@ -106,7 +110,7 @@ def test_changing_a_threshold_in_the_config_changes_the_rules(project, tmp_path)
     for alert, comparison in expected.items():
         assert comparison in expr_of(changed, alert)
         assert expr_of(changed, alert) != expr_of(project, alert)
-    tests = json.dumps(render.rules_tests(changed))
+    tests = json.dumps(rules_tests(changed))
     assert "0.7x10" in tests  # the drift test now straddles 0.4, not the default
 
 
@@ -122,7 +126,7 @@ def test_quality_rule_follows_the_metrics_direction(tmp_path):
 def test_no_quality_limit_renders_no_quality_rule_and_no_test(tmp_path):
     changed = config_copy(tmp_path, lambda raw: raw["monitor"].pop("quality_limit"))
     assert "DriftloopQualityBelowThreshold" not in {r["alert"] for r in rules_of(changed)}
-    assert "DriftloopQualityBelowThreshold" not in json.dumps(render.rules_tests(changed))
+    assert "DriftloopQualityBelowThreshold" not in json.dumps(rules_tests(changed))
 
 
 def test_every_rule_carries_labels_and_evidence(project):
@@ -137,7 +141,7 @@ def test_every_rule_carries_labels_and_evidence(project):
 
 
 def test_every_rule_is_tested_not_firing_firing_and_resolved(project):
-    groups = render.rules_tests(project)["tests"]
+    groups = rules_tests(project)["tests"]
     for rule in rules_of(project):
         covered = False
         for group in groups:
@@ -189,7 +193,7 @@ def test_dashboard_provider_points_at_a_folder(project):
         (DEPLOYMENTS / "grafana" / "provisioning" / "dashboards" / "driftloop.yml").read_text()
     )["providers"][0]
     assert provider["type"] == "file"
-    assert provider["options"]["path"] == render.GRAFANA_DASHBOARDS_DIR
+    assert provider["options"]["path"] == GRAFANA_DASHBOARDS_DIR
 
 
 def test_compose_runs_the_stacks_services_on_the_configs_ports(project):

@@ -18,7 +18,8 @@ import pytest
 from slack_sdk.signature import Clock, SignatureVerifier
 
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, verify
-from tasks.approval import Decision, SubmitResult, read_audit
+from tasks.approval.audit import read_audit
+from tasks.approval.records import Decision, SubmitResult
 from tests.fakes.approval_stub import project_copy
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
@@ -339,7 +340,7 @@ def test_the_command_refuses_to_start_without_the_secret_its_transport_needs(pro
     from typer.testing import CliRunner
 
     from driftloop.slack_app import slack
-    from tasks.stack import prefect_env
+    from tasks.stack.secrets import prefect_env
 
     for key in [*prefect_env(project), "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"]:
         monkeypatch.setenv(key, os.environ.get(key, "-"))  # restored after the test

@@ -20,11 +20,13 @@ from typer.testing import CliRunner
 
 from driftloop import approve_cmd
 from driftloop.approve_cmd import render_pending
-from driftloop.cli import app, render_lineage, render_status
+from driftloop.cli import app, render_status
 from driftloop.demo import WindowRow, _quality, render_windows
-from tasks.approval import Evidence, GateRow, PendingRequest
+from driftloop.lineage_view import render_lineage
+from tasks.approval.records import PendingRequest
+from tasks.evidence import Evidence, GateRow
 from tasks.release.releases import Release
-from tasks.stack import ServiceStatus
+from tasks.stack.services import ServiceStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_ID = "3f1c2a9e-7b4d-4e8a-9c1f-2d5e6a7b8c9d"
@@ -105,7 +107,7 @@ def project_dir(tmp_path: Path) -> Path:
 
 def test_pending_json_is_complete(project_dir, monkeypatch):
     monkeypatch.setattr(approve_cmd, "require", lambda *args, **kwargs: None)
-    monkeypatch.setattr("tasks.approval.pending_requests", lambda proj: [request(RUN_ID)])
+    monkeypatch.setattr("tasks.approval.pending.pending_requests", lambda proj: [request(RUN_ID)])
     config = str(project_dir / "config" / "driftloop.yaml")
     result = CliRunner().invoke(app, ["pending", "--json", "--config", config])
     assert result.exit_code == 0, result.output

@@ -16,14 +16,10 @@ from typing import Any
 from prefect import flow, get_client
 
 from config.loader import Project, load_project
-from tasks.approval import (
-    DriftRow,
-    Evidence,
-    GateRow,
-    PendingRequest,
-    await_decision,
-    pending_requests,
-)
+from tasks.approval.pending import pending_requests
+from tasks.approval.records import PendingRequest
+from tasks.approval.wait import await_decision
+from tasks.evidence import DriftRow, Evidence, GateRow
 from tests.support import private_ports
 
 
@@ -140,7 +136,7 @@ class StubRun:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(self.run_id)
             if run.state is not None and run.state.is_paused():
-                from tasks.approval import input_seal
+                from tasks.approval.identity import input_seal
 
                 approver = self.args[3][0].split(":")[-1] if self.args[3] else "cleanup"
                 comment = "test cleanup"
@@ -200,15 +196,10 @@ def record_approval(
     one, without running a retrain: (run id, evidence hash) for the promote flow."""
     from datetime import UTC, datetime, timedelta
 
-    from tasks.approval import (
-        DECISION_KEY,
-        REQUEST_KEY,
-        ApprovalRequest,
-        Decision,
-        _write_input,
-        evidence_hash,
-        seal_decision,
-    )
+    from tasks.approval.identity import seal_decision
+    from tasks.approval.records import ApprovalRequest, Decision
+    from tasks.approval.store import DECISION_KEY, REQUEST_KEY, write_input
+    from tasks.evidence import evidence_hash
 
     with get_client(sync_client=True) as client:
         run = client.create_flow_run(approval_stub, name=f"approved-{candidate}")
@@ -231,6 +222,6 @@ def record_approval(
         run_id=str(run.id),
         candidate=candidate,
     )
-    _write_input(run.id, REQUEST_KEY + hash_, request)
-    _write_input(run.id, DECISION_KEY + hash_, seal_decision(project, decision))
+    write_input(run.id, REQUEST_KEY + hash_, request)
+    write_input(run.id, DECISION_KEY + hash_, seal_decision(project, decision))
     return str(run.id), hash_

@@ -33,7 +33,7 @@ class Rig:
 
 def request_hash(project, run_id: str) -> str:
     """The evidence hash of the approval request stored with a paused retrain."""
-    from tasks.approval import recorded_decision
+    from tasks.approval.store import recorded_decision
 
     request, _ = recorded_decision(project, run_id)
     assert request is not None, f"run {run_id} holds no approval request"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from config.loader import load_project
-from tasks import render
+from tasks.render.runtime import write_runtime
 from tests.fakes.webhook import Webhook
 from tests.support import ROOT, free_port
 
@@ -30,7 +30,7 @@ def alertmanager(tmp_path):
     hook = Webhook()
     secret = tmp_path / "slack-webhook"
     secret.write_text(hook.url + "\n")
-    files = render.write_runtime(load_project(ROOT / "config/driftloop.yaml"), tmp_path, secret)
+    files = write_runtime(load_project(ROOT / "config/driftloop.yaml"), tmp_path, secret)
     config = yaml.safe_load(files.alertmanager_config.read_text())
     config["route"]["group_wait"] = f"{GROUP_WAIT}s"
     files.alertmanager_config.write_text(yaml.safe_dump(config))

@@ -19,10 +19,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from config.loader import load_project
-from flows.monitor import _metrics
 from tasks.capture import Window
 from tasks.metrics import monitor_registry
 from tasks.monitor.checks import run_checks
+from tasks.monitor.outcome import monitor_metrics
 from tasks.notify import as_text, monitor_notice
 from tests.flows.test_monitor_outputs import CASES, current
 
@@ -97,7 +97,9 @@ def reference(project):
 def published(project, result, frame: pd.DataFrame) -> tuple[str, str]:
     """What Prometheus and Slack get for this result."""
     window = Window(start=None, end=None, frame=frame, label_coverage=0.0)
-    exposition = generate_latest(monitor_registry(project, _metrics(result, window, 0.1))).decode()
+    exposition = generate_latest(
+        monitor_registry(project, monitor_metrics(result, window, 0.1))
+    ).decode()
     text = as_text(monitor_notice(project, result, "May", "bikeshare:v1", {}))
     return exposition, text
 

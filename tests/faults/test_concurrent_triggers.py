@@ -50,7 +50,7 @@ def retrain_runs() -> list:
 def test_ten_triggers_at_once_run_one_retrain(retrain_rig):
     from prefect import get_client
 
-    from tasks.approval import submit_decision
+    from tasks.approval.submit import submit_decision
     from tasks.retrain.trigger import start_retrain
 
     project = retrain_rig.project

@@ -115,7 +115,9 @@ def server(tmp_path):
 def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, project):
     from prefect import get_client
 
-    from tasks.approval import pending_requests, read_audit, submit_decision
+    from tasks.approval.audit import read_audit
+    from tasks.approval.pending import pending_requests
+    from tasks.approval.submit import submit_decision
 
     run = start_stub(project, "bikeshare:restarts", timeout=900)
     try:
@@ -166,25 +168,24 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
     server, slack, project, monkeypatch
 ):
     """The run is resumed before the flow looks again: it loads the input it was resumed with."""
-    import tasks.approval as approval
+    from tasks.approval import wait
+    from tasks.approval.submit import submit_decision
 
     back = threading.Event()
-    ride_out = approval._await_server
+    ride_out = wait.await_server
 
     def slow_to_look_again(error, until, every=0.5):
         ride_out(error, until, every)
         back.set()
         time.sleep(8)  # the decision below lands in here
 
-    monkeypatch.setattr(approval, "_await_server", slow_to_look_again)
+    monkeypatch.setattr(wait, "await_server", slow_to_look_again)
     run = start_stub(project, "bikeshare:away")
     try:
         server.stop()
         server.start()
         assert back.wait(30), "the waiting flow did not notice the restart"
-        result = approval.submit_decision(
-            project, run.run_id, "reject", "alice", "cli", "no", run.hash
-        )
+        result = submit_decision(project, run.run_id, "reject", "alice", "cli", "no", run.hash)
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=60)
         assert (outcome["outcome"], outcome["comment"]) == ("reject", "no")
@@ -196,7 +197,7 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
     """The pause never reaches the server: the flow pauses again once it is back."""
     import prefect.flow_runs
 
-    from tasks.approval import submit_decision
+    from tasks.approval.submit import submit_decision
     from tests.fakes.approval_stub import StubRun
 
     pause = prefect.flow_runs.pause_flow_run

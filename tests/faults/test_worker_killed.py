@@ -49,7 +49,7 @@ def _cmdline(pid: int) -> bytes:
     "step", ["new_training_set", "train_candidate", "judge_candidate", "approval"]
 )
 def test_kill_9_during_a_retrain_step(retrain_rig, step):
-    from tasks.approval import pending_requests
+    from tasks.approval.pending import pending_requests
     from tasks.release.releases import read_serving
     from tasks.retrain.trigger import open_retrain, start_retrain
 
@@ -85,7 +85,7 @@ def test_kill_9_during_a_retrain_step(retrain_rig, step):
 
 
 def test_after_the_kills_the_next_trigger_runs_to_a_decision(retrain_rig):
-    from tasks.approval import submit_decision
+    from tasks.approval.submit import submit_decision
     from tasks.release.releases import read_serving
     from tasks.retrain.trigger import start_retrain
 

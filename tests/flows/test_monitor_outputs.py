@@ -12,10 +12,10 @@ from prometheus_client import generate_latest
 from sklearn import metrics as skm
 
 from config.loader import load_project
-from flows.monitor import _metrics
 from tasks.capture import Window
 from tasks.metrics import monitor_registry
 from tasks.monitor.checks import run_checks
+from tasks.monitor.outcome import monitor_metrics
 from tasks.monitor.reports import head_report, publish_artifacts
 from tasks.notify import as_text, monitor_notice
 
@@ -96,7 +96,9 @@ def test_bad_input_is_named_in_metrics_and_notice(project, reference, make, verd
     result = run_checks(reference, frame, project)
     assert verdict in result.validation.verdicts
     window = Window(start=None, end=None, frame=frame, label_coverage=0.0)
-    exposition = generate_latest(monitor_registry(project, _metrics(result, window, 0.1))).decode()
+    exposition = generate_latest(
+        monitor_registry(project, monitor_metrics(result, window, 0.1))
+    ).decode()
     assert f'driftloop_window_verdict{{verdict="{verdict}"}} 1.0' in exposition
     assert 'verdict="no_drift"' not in exposition and 'verdict="drift"' not in exposition
     assert "driftloop_monitor_last_success_timestamp_seconds" in exposition
@@ -109,7 +111,9 @@ def test_drifted_window_lists_columns_scores_and_thresholds(project, reference):
     temp = next(c for c in result.columns if c.column == "temp")
     assert temp.drifted
     exposition = generate_latest(
-        monitor_registry(project, _metrics(result, Window(None, None, current(reference), 0), 1))
+        monitor_registry(
+            project, monitor_metrics(result, Window(None, None, current(reference), 0), 1)
+        )
     ).decode()
     assert f'driftloop_column_drift_detected{{column="temp",method="{temp.method}"}} 1.0' in (
         exposition
@@ -129,7 +133,9 @@ def test_quality_stands_beside_the_serving_models_held_out_value(
     rmse = float(np.sqrt(skm.mean_squared_error(frame["bikers"], frame["prediction"])))
 
     window = Window(start=None, end=None, frame=frame, label_coverage=1.0)
-    exposition = generate_latest(monitor_registry(project, _metrics(result, window, 1))).decode()
+    exposition = generate_latest(
+        monitor_registry(project, monitor_metrics(result, window, 1))
+    ).decode()
     assert 'driftloop_quality_reference{metric="rmse"} 18.74' in exposition
     assert 'driftloop_quality_reference{metric="r2"} 0.92' in exposition
     assert f'driftloop_quality{{metric="rmse"}} {rmse!r}' in exposition

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from config.schema import PolicyConfig
-from flows.policy import WindowOutcome, decide
+from tasks.retrain.policy import WindowOutcome, decide
 
 NOW = datetime(2011, 5, 1, 12, tzinfo=UTC)
 OK = WindowOutcome(dataset_drift=False, quality_breached=False)
@@ -36,7 +36,7 @@ POLICY = PolicyConfig(consecutive_windows=2, cooldown_seconds=3600)
     ],
 )
 def test_decide(history, last, open_request, fire, says):
-    trigger = decide(POLICY, history, NOW, last_trigger=last, open_request=open_request)
+    trigger = decide(POLICY, history, NOW, last_trigger_at=last, open_request=open_request)
     assert trigger.fire is fire
     assert says in trigger.reason
 
@@ -48,5 +48,5 @@ def test_only_configured_reasons_count():
 
 
 def test_cooldown_message_says_how_long():
-    trigger = decide(POLICY, [DRIFT, DRIFT], NOW, last_trigger=NOW - timedelta(minutes=59))
+    trigger = decide(POLICY, [DRIFT, DRIFT], NOW, last_trigger_at=NOW - timedelta(minutes=59))
     assert "60 s to go" in trigger.reason

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, uvicorn_config
-from tasks.approval import read_audit
+from tasks.approval.audit import read_audit
 from tests.fakes.approval_stub import decide_args
 from tests.fakes.slack_interactive import (
     APP_TOKEN,

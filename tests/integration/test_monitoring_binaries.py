@@ -21,7 +21,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push
 from prometheus_client.exposition import start_http_server
 
 from config.loader import Project, load_project
-from tasks import render
+from tasks.render.alert_tests import rules_tests
+from tasks.render.alerts import alert_rules, drift_report_key
+from tasks.render.compose import compose as render_compose
+from tasks.render.deployments import write_deployments
+from tasks.render.grafana import grafana_dashboard
+from tasks.render.names import IMAGES, MONITOR_JOB, SERVING_JOB
+from tasks.render.runtime import write_runtime
 from tests.support import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -61,7 +67,7 @@ def deployments(request, project, tmp_path_factory) -> Path:
     if request.param == "committed":
         return DEPLOYMENTS
     out = tmp_path_factory.mktemp("deployments")
-    render.write_deployments(project, out)
+    write_deployments(project, out)
     return out
 
 
@@ -92,7 +98,7 @@ def test_promtool_runs_the_rules_tests(deployments):
 
 def test_the_rules_tests_catch_a_wrong_threshold(project, tmp_path):
     """The tests are not vacuous: rules with a drifted threshold fail them."""
-    render.write_deployments(project, tmp_path)
+    write_deployments(project, tmp_path)
     rules = tmp_path / "prometheus" / "rules.yml"
     share = project.config.monitor.drift_share
     rules.write_text(rules.read_text().replace(f">= {share}", f">= {(1 + share) / 1.9}"))
@@ -118,7 +124,7 @@ def _other_thresholds(raw: dict) -> None:
 def test_rules_and_their_tests_follow_a_config_change(change, tmp_path):
     changed = config_variant(tmp_path, change)
     out = tmp_path / "out"
-    render.write_deployments(changed, out)
+    write_deployments(changed, out)
     ok(run([need("promtool"), "check", "rules", "prometheus/rules.yml"], out))
     ok(run([need("promtool"), "test", "rules", "prometheus/rules_test.yml"], out))
 
@@ -131,7 +137,7 @@ def test_amtool_checks_the_null_receiver_variant(deployments):
 def test_amtool_checks_the_slack_variant_and_the_webhook_stays_in_its_file(project, tmp_path):
     webhook = tmp_path / "slack-webhook"
     webhook.write_text("https://hooks.slack.example/services/T0/B0/secret\n")
-    files = render.write_runtime(project, tmp_path / "stack", webhook)
+    files = write_runtime(project, tmp_path / "stack", webhook)
     ok(run([need("amtool"), "check-config", str(files.alertmanager_config)]))
     config = yaml.safe_load(files.alertmanager_config.read_text())
     slack = config["receivers"][0]["slack_configs"][0]
@@ -142,9 +148,9 @@ def test_amtool_checks_the_slack_variant_and_the_webhook_stays_in_its_file(proje
 
 def test_slack_message_states_the_evidence(project, tmp_path):
     """The Slack text for a firing drift alert, rendered by amtool from the real template."""
-    render.write_runtime(project, tmp_path, None)
+    write_runtime(project, tmp_path, None)
     group = next(
-        g for g in render.rules_tests(project)["tests"] if g["name"].startswith("DriftloopDataset")
+        g for g in rules_tests(project)["tests"] if g["name"].startswith("DriftloopDataset")
     )
     expected = next(c["exp_alerts"][0] for c in group["alert_rule_test"] if c["exp_alerts"])
     alert = {
@@ -180,7 +186,7 @@ def test_slack_message_states_the_evidence(project, tmp_path):
     column = (project.config.data.numeric or ["column_a"])[0]
     assert f"{column} (0.31)" in text  # which column, and its score
     assert f"monitor.drift_share {project.config.monitor.drift_share}" in text  # the threshold
-    assert render.drift_report_key(project) in text and "/runs|monitor runs>" in text
+    assert drift_report_key(project) in text and "/runs|monitor runs>" in text
     assert "Next: " in text
     assert "[FIRING:1] DriftloopDatasetDrift" in show("driftloop.title")
 
@@ -197,7 +203,7 @@ def compose_env(**extra: str) -> dict[str, str]:
 def test_docker_compose_validates_the_compose_file(project):
     compose = [need("docker-compose"), "-f", str(DEPLOYMENTS / "compose.yaml"), "config"]
     out = ok(run([*compose, "--services"], env=compose_env(BENTO_VERSION="20250101-test")))
-    assert set(out.split()) == set(render.compose(project)["services"])
+    assert set(out.split()) == set(render_compose(project)["services"])
     resolved = yaml.safe_load(ok(run(compose, env=compose_env(BENTO_VERSION="20250101-test"))))
     assert resolved["services"]["bento"]["image"] == f"{project.config.project.name}:20250101-test"
 
@@ -216,7 +222,7 @@ def test_compose_images_are_the_releases_of_the_local_binaries():
     }
     for service, out in versions.items():
         local = re.search(r"version (\d+\.\d+\.\d+)", out).group(1)
-        assert render.IMAGES[service].endswith(f":v{local}"), (service, local)
+        assert IMAGES[service].endswith(f":v{local}"), (service, local)
 
 
 # ---------------------------------------------------------------- a live Prometheus
@@ -264,7 +270,7 @@ def _push_monitor_and_release_metrics(gateway: str, name: str) -> None:
     Gauge("driftloop_monitor_last_success_timestamp_seconds", "", registry=reg).set(
         time.time() - 1e6
     )
-    push_to_gateway(gateway, job=render.MONITOR_JOB, registry=reg, grouping_key={"model": name})
+    push_to_gateway(gateway, job=MONITOR_JOB, registry=reg, grouping_key={"model": name})
 
     reg = CollectorRegistry()
     info = ["bento", "model_tag", "data_rev", "git_commit", "approver"]
@@ -278,7 +284,7 @@ def _push_monitor_and_release_metrics(gateway: str, name: str) -> None:
     Gauge("driftloop_release_timestamp_seconds", "", ["bento"], registry=reg).labels(
         f"{name}:v2"
     ).set(time.time())
-    push_to_gateway(gateway, job=render.SERVING_JOB, registry=reg, grouping_key={"model": name})
+    push_to_gateway(gateway, job=SERVING_JOB, registry=reg, grouping_key={"model": name})
 
 
 def _fake_slot(port: int, name: str, stop: threading.Event):
@@ -350,7 +356,7 @@ def live(project, tmp_path_factory) -> Iterator[Live]:
         _wait(lambda: httpx.get(f"{gateway}/-/ready").status_code == 200, "the Pushgateway")
         _push_monitor_and_release_metrics(gateway, name)
 
-        files = render.write_runtime(variant, tmp / "stack", None)
+        files = write_runtime(variant, tmp / "stack", None)
         log = (tmp / "prometheus.log").open("w")
         processes.append(
             subprocess.Popen(
@@ -392,7 +398,7 @@ def concrete(expr: str, model: str) -> str:
 
 def test_every_dashboard_query_runs_against_prometheus(live):
     name = live.project.config.project.name
-    dashboard = render.grafana_dashboard(live.project)
+    dashboard = grafana_dashboard(live.project)
     targets = [
         (panel["title"], target["expr"])
         for panel in dashboard["panels"]
@@ -417,7 +423,7 @@ def test_every_rule_loads_and_matches_the_published_series(live):
         alerts = httpx.get(f"{live.url}/api/v1/alerts").json()["data"]["alerts"]
         return {a["labels"]["alertname"] for a in alerts}
 
-    expected = {r["alert"] for g in render.alert_rules(live.project)["groups"] for r in g["rules"]}
+    expected = {r["alert"] for g in alert_rules(live.project)["groups"] for r in g["rules"]}
     _wait(lambda: active() >= expected, f"all of {sorted(expected)} pending")
     groups = httpx.get(f"{live.url}/api/v1/rules").json()["data"]["groups"]
     for rule in (r for g in groups for r in g["rules"]):

@@ -59,7 +59,7 @@ def capture_labelled_traffic(project, months: list[str]) -> int:
 def test_a_candidate_failing_the_gate_asks_no_one(tmp_path, prefect_server):
     from config.loader import load_project
     from flows.retrain import retrain
-    from tasks.approval import pending_requests
+    from tasks.approval.pending import pending_requests
     from tasks.release.package import bento_info, build_bento, register_model
     from tasks.release.releases import Release, record_serving
 

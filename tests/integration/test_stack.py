@@ -149,19 +149,20 @@ def children(pid: int) -> list[int]:
 def secrets_reach_only_the_worker(project, webhook_url: str) -> None:
     """/proc/PID/environ of every program: only the worker holds the Slack tokens and the
     decision key; a serving slot, added as `start_slot` adds one, holds none of them."""
-    from tasks import stack
     from tasks.release import serving
+    from tasks.stack.paths import stack_dir
+    from tasks.stack.supervisor import program_section, program_states, supervisorctl
 
-    slot = stack.stack_dir(project) / "slots" / "blue.conf"
+    slot = stack_dir(project) / "slots" / "blue.conf"
     sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
     env = {"BENTOML_HOME": "x", **serving.thread_env(project), **serving.capture_env(project)}
-    slot.write_text("\n".join(stack.program_section(project, "bento-blue", sleeper, env)) + "\n")
+    slot.write_text("\n".join(program_section(project, "bento-blue", sleeper, env)) + "\n")
 
     def slot_running():
-        states = stack.program_states(project)
+        states = program_states(project)
         return states if states.get("bento-blue", ("",))[0] == "RUNNING" else None
 
-    stack.supervisorctl(project, "update", check=True)
+    supervisorctl(project, "update", check=True)
     try:
         states = wait_for(slot_running, 30)
         secret = {*SECRETS, "SLACK_WEBHOOK_URL", "PREFECT_API_AUTH_STRING"}

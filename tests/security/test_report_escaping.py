@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tasks.monitor.checks import html_safe_frame, html_safe_text
+from tasks.monitor.report_html import html_safe_frame, html_safe_text
 
 
 def test_values_are_inert_and_stay_distinguishable():

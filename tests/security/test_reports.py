@@ -160,16 +160,16 @@ def test_a_script_that_does_run_is_sandboxed_and_offline(stack, listener, tmp_pa
     """The second line of defence on its own: a report written without the escaping (as an
     Evidently that another value slips through would write it) runs its injected script,
     served by nginx in an opaque origin without cookies and unable to send anything."""
-    from tasks.monitor import checks
+    from tasks.monitor import report_html
 
     probe = (
         "document.title='pwned '+self.origin+' '+(function(){try{return document.cookie,"
         "'cookies'}catch(e){return 'no-cookies'}})();"
     )
     reference, current = frames(stack, payload(listener, probe))
-    monkeypatch.setattr(checks, "html_safe_frame", lambda frame: frame)
+    monkeypatch.setattr(report_html, "html_safe_frame", lambda frame: frame)
     reports = stack.state_dir / "reports"
-    checks.save_report(reference, current, stack, reports / "unescaped.html")
+    report_html.save_report(reference, current, stack, reports / "unescaped.html")
     (reports / "unescaped.html").chmod(0o644)
 
     # the same page from a plain server: the script runs and calls out (the probe works)
@@ -188,7 +188,7 @@ def test_a_script_that_does_run_is_sandboxed_and_offline(stack, listener, tmp_pa
 
 
 def test_reports_are_served_as_files_only_with_a_restrictive_policy(stack, tmp_path):
-    from tasks.stack import reports_dir
+    from tasks.stack.paths import reports_dir
 
     base = stack.config.endpoints.reports
     reports = reports_dir(stack)
@@ -223,11 +223,11 @@ def test_reports_are_served_as_files_only_with_a_restrictive_policy(stack, tmp_p
 
 
 def test_nginx_workers_do_not_run_as_root(stack):
-    from tasks import stack as stack_module
+    from tasks.stack.supervisor import program_states
 
     if os.geteuid() != 0:
         pytest.skip("the stack runs as a normal user: nginx has no user to switch to")
-    master = stack_module.program_states(stack)["nginx"][1]
+    master = program_states(stack)["nginx"][1]
     workers = []
     for task in Path(f"/proc/{master}/task").iterdir():
         workers += [int(c) for c in (task / "children").read_text().split()]

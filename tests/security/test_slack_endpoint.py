@@ -30,7 +30,7 @@ from prefect import get_client
 
 from driftloop import slack_app
 from driftloop.slack_app import Interactions, create_app
-from tasks.approval import read_audit
+from tasks.approval.audit import read_audit
 from tests.fakes.approval_stub import project_copy
 from tests.fakes.slack_interactive import SIGNING_SECRET, click, form_body, sign
 from tests.support import BIN, free_port, tool_env

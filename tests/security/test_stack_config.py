@@ -69,7 +69,8 @@ def test_a_newline_in_a_name_path_or_url_is_a_config_error(tmp_path, key, change
 
 
 def test_program_section_refuses_what_would_start_a_line(tmp_path):
-    from tasks.stack import StackError, program_section
+    from tasks.stack.errors import StackError
+    from tasks.stack.supervisor import program_section
 
     project = _project(tmp_path)
     evil = EVIL.format(marker=tmp_path / "pwned")
@@ -89,7 +90,7 @@ def test_values_read_back_exactly_as_written(tmp_path):
     """Spaces, quotes, `%`, backslashes, commas: supervisord reads what the config said."""
     from supervisor.datatypes import dict_of_key_value_pairs
 
-    from tasks.stack import program_section
+    from tasks.stack.supervisor import program_section
 
     project = _project(tmp_path)
     command = ["/opt/my tools/serve", 'say "hi"', "100%", "a\\b\\", "k=v,w", ""]
@@ -105,38 +106,42 @@ def test_values_read_back_exactly_as_written(tmp_path):
 
 
 def test_supervisord_conf_has_only_our_sections_and_is_private(tmp_path, monkeypatch):
-    from tasks import stack
+    from tasks.stack.lifecycle import render
+    from tasks.stack.paths import stack_dir
+    from tasks.stack.services import services
 
-    monkeypatch.setattr("tasks.render.write_runtime", lambda *a: None)
+    monkeypatch.setattr("tasks.stack.lifecycle.write_runtime", lambda *a: None)
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret")
     monkeypatch.setenv("SLACK_WEBHOOK_URL", "https://hooks.example/T/B/x")
     project = _project(tmp_path)
-    hook = stack.stack_dir(project) / "secrets" / "slack_webhook_url"
+    hook = stack_dir(project) / "secrets" / "slack_webhook_url"
     hook.parent.mkdir(parents=True)
     hook.write_text("old")
     hook.chmod(0o644)
-    conf = stack.render(project)
+    conf = render(project)
     assert conf.stat().st_mode & 0o777 == 0o600
     assert hook.stat().st_mode & 0o777 == 0o600 and hook.read_text().startswith("https://")
     assert hook.parent.stat().st_mode & 0o777 == 0o700
     programs = [s for s in _parse(conf.read_text()).sections() if s.startswith("program:")]
-    assert programs == [f"program:{svc.name}" for svc in stack.services(project)]
+    assert programs == [f"program:{svc.name}" for svc in services(project)]
 
 
 def test_a_newline_in_the_project_path_renders_nothing(tmp_path):
-    from tasks import stack
+    from tasks.stack.errors import StackError
+    from tasks.stack.lifecycle import render
 
     marker = tmp_path / "pwned"
     root = Path(f"{tmp_path}/x\n[program:evil]\ncommand=/bin/touch {marker}\n;") / "proj"
     project = _project(root)
-    with pytest.raises(stack.StackError, match="control character"):
-        stack.render(project)
+    with pytest.raises(StackError, match="control character"):
+        render(project)
     assert not (project.state_dir / "stack" / "supervisord.conf").exists()
     assert not marker.exists()
 
 
 def test_supervisord_starts_without_secrets_and_the_worker_gets_them(monkeypatch, tmp_path):
-    from tasks import stack
+    from tasks.stack.secrets import AUTH_ENV, is_secret, supervisor_env
+    from tasks.stack.services import services
 
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "SLACK_WEBHOOK_URL"):
         monkeypatch.setenv(name, f"value-of-{name}")
@@ -144,15 +149,15 @@ def test_supervisord_starts_without_secrets_and_the_worker_gets_them(monkeypatch
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws")
     monkeypatch.setenv("MULTILINE_TOKEN", "-----BEGIN-----\nabc")
     monkeypatch.setenv("LANG", "C.UTF-8")
-    env = stack.supervisor_env()
+    env = supervisor_env()
     assert not [k for k in env if k.startswith("SLACK_")]
     assert "DRIFTLOOP_DECISION_KEY" not in env and "AWS_SECRET_ACCESS_KEY" not in env
-    assert stack.AUTH_ENV not in env and env["LANG"] == "C.UTF-8" and env["PATH"]
+    assert AUTH_ENV not in env and env["LANG"] == "C.UTF-8" and env["PATH"]
     project = _project(tmp_path)
-    worker = next(s for s in stack.services(project) if s.name == "prefect-worker")
+    worker = next(s for s in services(project) if s.name == "prefect-worker")
     assert worker.env["SLACK_BOT_TOKEN"] == "value-of-SLACK_BOT_TOKEN"
     assert worker.env["DRIFTLOOP_DECISION_KEY"] == "k" * 32
-    assert stack.AUTH_ENV in worker.env and "MULTILINE_TOKEN" not in worker.env
-    others = [s for s in stack.services(project) if s.name != "prefect-worker"]
+    assert AUTH_ENV in worker.env and "MULTILINE_TOKEN" not in worker.env
+    others = [s for s in services(project) if s.name != "prefect-worker"]
     for svc in others:
-        assert not [k for k in svc.env if stack.is_secret(k) and "AUTH_STRING" not in k], svc.name
+        assert not [k for k in svc.env if is_secret(k) and "AUTH_STRING" not in k], svc.name

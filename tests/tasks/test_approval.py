@@ -16,17 +16,11 @@ from prefect import get_client
 from prefect.client.schemas.responses import SetStateStatus
 from prefect.input.actions import read_flow_run_input
 
-from tasks.approval import (
-    AuditEntry,
-    Evidence,
-    append_audit,
-    approval_counts,
-    asubmit_decision,
-    evidence_hash,
-    pending_requests,
-    read_audit,
-    submit_decision,
-)
+from tasks.approval.audit import append_audit, approval_counts, read_audit
+from tasks.approval.pending import pending_requests
+from tasks.approval.records import AuditEntry
+from tasks.approval.submit import asubmit_decision, submit_decision
+from tasks.evidence import Evidence, evidence_hash
 from tests.fakes.approval_stub import project_copy, sample_evidence
 from tests.support import free_port
 

@@ -14,14 +14,7 @@ from sklearn import metrics as skm
 
 from config.loader import ConfigError, Project
 from config.schema import DriftloopConfig
-from tasks.monitor.checks import (
-    CheckSettings,
-    model_quality,
-    preset_drift,
-    reference_profile,
-    run_checks,
-    save_report,
-)
+from tasks.monitor.checks import run_checks
 from tasks.monitor.drift_stats import (
     DEFAULT_THRESHOLDS,
     CategoricalSide,
@@ -29,6 +22,11 @@ from tasks.monitor.drift_stats import (
     NumericSide,
     column_drift,
 )
+from tasks.monitor.evidently_engine import preset_drift
+from tasks.monitor.profile import reference_profile
+from tasks.monitor.quality import model_quality
+from tasks.monitor.report_html import save_report
+from tasks.monitor.settings import CheckSettings
 
 SHIFT_SD = {"none": 0.0, "small": 0.05, "large": 0.5}
 

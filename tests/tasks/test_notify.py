@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from config.loader import load_project
-from tasks.monitor.checks import CheckResult, MetricValue, QualityResult
+from tasks.monitor.results import CheckResult, MetricValue, QualityResult
 from tasks.notify import (
     Notice,
     as_text,

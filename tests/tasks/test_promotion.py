@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from driftloop.cli import app
-from tasks.approval import submit_decision
+from tasks.approval.submit import submit_decision
 from tasks.release.promotion import PromotionRefused, approved_candidate
 from tasks.release.releases import Attempt, Release, append_attempt, read_serving
 

@@ -34,7 +34,7 @@ from model.capture import (
 from model.evaluate import main as evaluate_stage
 from model.register import held_out_metadata
 from tasks.capture import capture_root, read_window
-from tasks.monitor.checks import model_quality
+from tasks.monitor.quality import model_quality
 from tasks.release.package import StoredModel, read_model, register_model, stored_model
 
 # the service rounds probabilities to 6 digits, so rows sum to one only nearly

@@ -1,11 +1,18 @@
-"""The retrain policy: a pure decision over recent windows, cooldown and open requests."""
+"""The retrain policy: a pure decision over recent windows, cooldown and open requests, and the
+task that feeds it this model's monitor history."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.loader import Project
 from config.schema import PolicyConfig
+from tasks.monitor.history import last_trigger, recent_windows
+from tasks.retrain.trigger import open_retrain
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ def decide(
     policy: PolicyConfig,
     history: list[WindowOutcome],
     now: datetime,
-    last_trigger: datetime | None = None,
+    last_trigger_at: datetime | None = None,
     open_request: str | None = None,
 ) -> Trigger:
     """Fire when the newest `consecutive_windows` usable windows are all bad, unless a retrain is
@@ -50,11 +57,12 @@ def decide(
         return Trigger(False, f"{bad} of the last {n} windows bad; {n} in a row trigger")
     if open_request:
         return Trigger(False, f"a retrain is already open ({open_request}); not starting another")
-    if last_trigger is not None and now - last_trigger < timedelta(seconds=policy.cooldown_seconds):
-        left = timedelta(seconds=policy.cooldown_seconds) - (now - last_trigger)
+    cooldown = timedelta(seconds=policy.cooldown_seconds)
+    if last_trigger_at is not None and now - last_trigger_at < cooldown:
+        left = cooldown - (now - last_trigger_at)
         return Trigger(
             False,
-            f"cooling down: last retrain {last_trigger:%Y-%m-%d %H:%M} UTC, "
+            f"cooling down: last retrain {last_trigger_at:%Y-%m-%d %H:%M} UTC, "
             f"{int(left.total_seconds())} s to go",
         )
     reasons = sorted(
@@ -66,3 +74,20 @@ def decide(
         }
     )
     return Trigger(True, f"{n} bad windows in a row ({', '.join(reasons)})")
+
+
+@task(cache_policy=NO_CACHE)
+def decide_retrain(project: Project) -> Trigger:
+    """The policy over this model's saved windows, its last trigger and any open retrain."""
+    policy = project.config.policy
+    history = [
+        WindowOutcome(r["dataset_drift"], r["quality_breached"], r["usable"])
+        for r in recent_windows(project, 10 * policy.consecutive_windows)
+    ]
+    return decide(
+        policy,
+        history,
+        datetime.now(UTC),
+        last_trigger_at=last_trigger(project),
+        open_request=open_retrain(project),
+    )

@@ -1,0 +1,178 @@
+"""What people see of a request: the Slack card (evidence, then the buttons or the outcome) and
+the markdown shown on the Prefect UI's resume form and in the run's evidence artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from config.loader import Project
+from tasks.approval.records import UI_IDENTITY, ApprovalRequest, Decision, iso
+from tasks.evidence import Evidence
+from tasks.notify import Notice, post_notice, update_notice
+
+ACTION_APPROVE = "driftloop_approve"
+ACTION_REJECT = "driftloop_reject"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _gate_lines(evidence: Evidence) -> list[str]:
+    rows = [("metric", "champion", "candidate", "delta", "pass")]
+    rows += [
+        (g.metric, _num(g.champion), _num(g.candidate), _num(g.delta), "yes" if g.passed else "NO")
+        for g in evidence.gate
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
+
+
+def _drift_lines(evidence: Evidence, limit: int = 10) -> list[str]:
+    lines = []
+    for d in evidence.drift[:limit]:
+        method = f" {d.method}" if d.method else ""
+        limit_text = f" (threshold {_num(d.threshold)})" if d.threshold is not None else ""
+        flag = "" if d.drifted else " (not drifted)"
+        lines.append(f"`{d.column}`{method}: {_num(d.score)}{limit_text}{flag}")
+    if len(evidence.drift) > limit:
+        lines.append(f"... and {len(evidence.drift) - limit} more")
+    return lines
+
+
+def evidence_markdown(request: ApprovalRequest) -> str:
+    """The resume form's description in the Prefect UI, and the `pending` detail."""
+    ev = request.evidence
+    parts = [
+        f"## Approve `{ev.candidate}` for `{ev.model}`?",
+        f"**Why:** {ev.reason}",
+        f"**Data rev:** `{ev.data_rev}` · **Retrain run:** `{ev.retrain_run_id}` · "
+        f"**Evidence hash:** `{request.evidence_hash}` · **Expires:** {iso(request.expires_at)}",
+    ]
+    if ev.gate:
+        parts.append("### Gate: candidate vs champion")
+        parts.append("| metric | champion | candidate | delta | pass |\n|---|---|---|---|---|")
+        parts[-1] += "".join(
+            f"\n| {g.metric} | {_num(g.champion)} | {_num(g.candidate)} | {_num(g.delta)} | "
+            f"{'yes' if g.passed else 'NO'} |"
+            for g in ev.gate
+        )
+    if ev.drift_summary or ev.drift:
+        parts.append("### Drift")
+        if ev.drift_summary:
+            parts.append(ev.drift_summary)
+        parts.extend(f"- {line}" for line in _drift_lines(ev))
+    who = ", ".join(request.approvers) if request.approvers else "anyone"
+    parts.append(
+        "Choose **decision** (approve or reject) and copy the evidence hash above into "
+        "**evidence_hash**: it binds the decision to this evidence, and a missing or different "
+        f"hash is refused. Here you decide as `ui:{UI_IDENTITY}`, the holder of the Prefect "
+        f"server's auth string; a name typed as **approver** is kept in the comment "
+        f"(allowed: {who}; channels: {', '.join(request.channels)})."
+    )
+    return "\n\n".join(parts)
+
+
+def approval_card(request: ApprovalRequest, decision: Decision | None = None) -> Notice:
+    """The Block Kit card: evidence, then the buttons, or the outcome in their place."""
+    ev = request.evidence
+    title = f"{ev.model}: approve candidate {ev.candidate}?"
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why*\n{ev.reason}"[:2900]}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": f"*Data rev*\n`{ev.data_rev}`"},
+                {"type": "mrkdwn", "text": f"*Candidate*\n`{ev.candidate}`"},
+                {"type": "mrkdwn", "text": f"*Evidence hash*\n`{request.evidence_hash}`"},
+                {"type": "mrkdwn", "text": f"*Expires*\n{iso(request.expires_at)}"},
+            ],
+        },
+    ]
+    if ev.gate:
+        table = "\n".join(_gate_lines(ev))
+        blocks.append(_mrkdwn(f"*Gate: candidate vs champion*\n```{table}```"))
+    if ev.drift_summary or ev.drift:
+        text = "\n".join(filter(None, [ev.drift_summary, *("• " + x for x in _drift_lines(ev))]))
+        blocks.append(_mrkdwn(f"*Drift*\n{text}"))
+    links = f"<{request.url}|Prefect run>" if request.url else ""
+    cli = f"`driftloop approve {request.run_id}`"
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": " · ".join(filter(None, [links, cli]))}],
+        }
+    )
+    if decision is None:
+        value = f"{request.run_id}:{request.evidence_hash}"
+        blocks.append(
+            {
+                "type": "actions",
+                "block_id": "driftloop_approval",
+                "elements": [
+                    _button("Approve", ACTION_APPROVE, value, "primary", "Approve and roll out?"),
+                    _button("Reject", ACTION_REJECT, value, "danger", "Reject this candidate?"),
+                ],
+            }
+        )
+        return Notice(text=f"Approval needed: {title}", blocks=blocks)
+    icon = {"approve": ":white_check_mark:", "reject": ":x:", "expired": ":hourglass:"}
+    said = plain(decision.describe())
+    line = f"{icon[decision.outcome]} *{said[:1].upper() + said[1:]}*"  # ids keep their case
+    if decision.comment:
+        line += f"\n> {plain(decision.comment)}"
+    if decision.outcome == "expired":
+        line += "\nNothing will be promoted."
+    blocks.append(_mrkdwn(line))
+    return Notice(text=plain(f"{title} {decision.describe()}"), blocks=blocks)
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
+
+
+def _button(text: str, action_id: str, value: str, style: str, question: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": text},
+        "action_id": action_id,
+        "value": value,
+        "style": style,
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Are you sure?"},
+            "text": {"type": "mrkdwn", "text": question},
+            "confirm": {"type": "plain_text", "text": text},
+            "deny": {"type": "plain_text", "text": "Cancel"},
+        },
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def post_approval_card(project: Project, request: ApprovalRequest):
+    """Post the card (logged instead when there is no Slack token)."""
+    return post_notice(project, approval_card(request))
+
+
+@task(cache_policy=NO_CACHE)
+def update_approval_card(project: Project, request: ApprovalRequest, decision: Decision):
+    """Replace the buttons with the outcome."""
+    if request.card_channel is None or request.card_ts is None:
+        return post_notice(project, approval_card(request, decision))
+    return update_notice(
+        project, request.card_channel, request.card_ts, approval_card(request, decision)
+    )
+
+
+def reply_on_card(project: Project, request: ApprovalRequest, text: str) -> None:
+    post_notice(project, Notice(text=plain(text)), thread_ts=request.card_ts)
+
+
+def plain(text: str) -> str:
+    """Slack's three control characters escaped: a name or comment typed by a person can never
+    become a mention (`<!channel>`), a link or markup."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,137 @@
+"""What one monitor run amounts to, in the shapes its consumers take: the saved record, the
+published metrics, the evidence a retrain carries, the links of a notice and the run's summary.
+
+The monitor flow only wires steps together; every mapping from a check result lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from config.loader import Project
+from tasks.capture import Window
+from tasks.evidence import DriftRow, QualityRow, WindowEvidence
+from tasks.metrics import MonitorMetrics
+from tasks.monitor.history import MonitorRecord
+from tasks.monitor.results import CheckResult
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The three facts the flow branches on."""
+
+    usable: bool  # the checks ran on the window (no bad input)
+    quality_breached: bool  # a model-quality metric crossed its limit
+    wrong: bool  # something a person should hear about: bad data, drift, a breach
+
+
+def assess(result: CheckResult) -> Assessment:
+    usable = result.bad_input is None
+    breached = bool(result.quality and result.quality.limit_breached)
+    wrong = not usable or result.dataset_drift or breached or result.verdict != "no_drift"
+    return Assessment(usable=usable, quality_breached=breached, wrong=bool(wrong))
+
+
+def window_text(start: datetime, end: datetime) -> str:
+    return f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
+
+
+def report_name(project: Project, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{project.config.project.name}-{stamp}"
+
+
+def monitor_record(
+    project: Project,
+    run_id: str,
+    start: datetime,
+    end: datetime,
+    serving_bento: str,
+    data_rev: str,
+    result: CheckResult,
+    window: Window,
+    report_urls: list[str],
+) -> MonitorRecord:
+    """The run as saved before anything is published: the policy and `driftloop` read it back."""
+    seen = assess(result)
+    return MonitorRecord(
+        run_id=run_id,
+        model=project.config.project.name,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+        serving_bento=serving_bento,
+        data_rev=data_rev,
+        verdict=result.verdict,
+        rows=window.rows,
+        label_coverage=window.label_coverage,
+        dataset_drift=result.dataset_drift,
+        quality_breached=seen.quality_breached,
+        usable=seen.usable,
+        report_url=report_urls[0] if report_urls else None,
+        finished_at=datetime.now(UTC).isoformat(),
+        result=result.model_dump(mode="json"),
+    )
+
+
+def monitor_metrics(result: CheckResult, window: Window, duration: float) -> MonitorMetrics:
+    """The Pushgateway's view: drift numbers only for a usable window (docs/metrics.md)."""
+    quality = result.quality
+    return MonitorMetrics(
+        verdict=result.window_verdict,
+        rows=window.rows,
+        label_coverage=window.label_coverage,
+        duration_seconds=duration,
+        drift_share=None if result.bad_input else result.drift_share,
+        dataset_drift=None if result.bad_input else result.dataset_drift,
+        columns=tuple(
+            (c.column, c.method or "none", c.score, c.threshold, c.drifted) for c in result.columns
+        ),
+        quality=tuple(
+            (m.name, m.current)
+            for m in (quality.metrics if quality and quality.status == "ok" else [])
+            if m.current is not None
+        ),
+        quality_reference=tuple(
+            (m.name, m.reference)
+            for m in (quality.metrics if quality and quality.reference_source == "held_out" else [])
+            if m.reference is not None
+        ),
+    )
+
+
+def window_evidence(result: CheckResult, text: str) -> WindowEvidence:
+    """What the retrain this window triggers carries to the approval: the drifted columns with
+    their scores, and the quality beside the serving model's."""
+    return WindowEvidence(
+        window=text,
+        message=result.message,
+        drift_share=result.drift_share,
+        drifted=[
+            DriftRow(column=c.column, method=c.method or "", score=c.score, threshold=c.threshold)
+            for c in result.columns
+            if c.drifted
+        ],
+        quality=[
+            QualityRow(metric=m.name, current=m.current, reference=m.reference)
+            for m in (result.quality.metrics if result.quality else [])
+        ],
+    )
+
+
+def quality_values(result: CheckResult) -> dict[str, float]:
+    quality = result.quality
+    if quality is None or quality.status != "ok":
+        return {}
+    return {m.name: m.current for m in quality.metrics if m.current is not None}
+
+
+def monitor_links(project: Project, report_urls: list[str], run_url: str | None) -> dict[str, str]:
+    """Where a notice points: the report, the Prefect run, the alerts."""
+    links = {}
+    if report_urls:
+        links["Evidently report"] = report_urls[0]
+    if run_url:
+        links["Prefect run"] = run_url
+    links["Alerts"] = f"{project.config.endpoints.prometheus}/alerts"
+    return links

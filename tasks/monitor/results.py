@@ -1,0 +1,141 @@
+"""What a check of a window says: per-column drift, data quality, model quality and the verdict.
+
+These types are the monitor's record of a run: saved as JSON, published as metrics and
+artifacts, and read back by `driftloop` and the retrain policy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.monitor.drift_stats import Kind
+from tasks.monitor.validate import WindowVerdict
+
+CheckVerdict = Literal[
+    "no_drift",
+    "drift",
+    "empty",
+    "schema_mismatch",
+    "wrong_dtype",
+    "insufficient_data",
+    "all_nan",
+]
+Engine = Literal["native", "evidently"]
+# held_out: the serving model's own evaluation; reference_data: its training data's predictions
+ReferenceSource = Literal["held_out", "reference_data"]
+
+
+class ColumnDrift(BaseModel):
+    column: str
+    kind: Kind
+    method: str | None = Field(description="Evidently StatTest name; None when not tested")
+    score: float | None
+    threshold: float | None
+    drifted: bool
+    status: Literal["tested", "insufficient_data"] = "tested"
+    score_is_p_value: bool = False  # p-values drift when low, distances when high
+    reference_values: int = 0
+    current_values: int = 0
+
+    @classmethod
+    def untested(cls, column: str, kind: Kind, ref_n: int, cur_n: int) -> ColumnDrift:
+        """Too few usable values on a side: reported, never guessed."""
+        return cls(
+            column=column,
+            kind=kind,
+            method=None,
+            score=None,
+            threshold=None,
+            drifted=False,
+            status="insufficient_data",
+            reference_values=ref_n,
+            current_values=cur_n,
+        )
+
+
+class ColumnQuality(BaseModel):
+    column: str
+    kind: Kind
+    missing_share_current: float
+    missing_share_reference: float
+    mean_current: float | None = None
+    mean_reference: float | None = None
+    std_current: float | None = None
+    std_reference: float | None = None
+    unique_current: int | None = None
+    unique_reference: int | None = None
+
+
+class DataQuality(BaseModel):
+    rows_current: int
+    rows_reference: int
+    missing_share_current: float = Field(description="NaN or inf share of all feature cells")
+    missing_share_reference: float
+    columns: list[ColumnQuality]
+
+
+class MetricValue(BaseModel):
+    name: str
+    current: float | None
+    reference: float | None = Field(None, description="see QualityResult.reference_source")
+    greater_is_better: bool
+    note: str | None = None
+
+
+class QualityResult(BaseModel):
+    task: str
+    status: Literal["ok", "insufficient_labels"]
+    target: str
+    prediction_column: str
+    rows: int
+    labelled_rows: int
+    coverage: float
+    min_labels: int
+    reference_labelled_rows: int | None = None
+    reference_source: ReferenceSource | None = None
+    primary: str
+    metrics: list[MetricValue] = Field(default_factory=list)
+    limit: float | None = None
+    limit_breached: bool | None = None
+
+
+class CheckResult(BaseModel):
+    """One check of a current window against the reference."""
+
+    verdict: CheckVerdict
+    message: str
+    bad_input: Literal["reference", "current"] | None = None
+    validation: WindowVerdict | None = None
+    reference_validation: WindowVerdict | None = None
+    columns: list[ColumnDrift] = Field(default_factory=list)
+    drifted_columns: int = 0
+    tested_columns: int = 0
+    drift_share: float = 0.0
+    drift_share_threshold: float
+    dataset_drift: bool = False
+    data_quality: DataQuality | None = None
+    quality: QualityResult | None = None
+    engine: Engine = "native"
+    reference_key: str | None = None
+    duration_seconds: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return self.bad_input is None
+
+    @property
+    def window_verdict(self) -> str:
+        """The verdict a window is published under: a problem in the traffic (NaN, inf, unseen
+        categories) is named even when the checks could still run; otherwise drift or not."""
+        if self.bad_input is None and self.validation is not None and self.validation.verdicts:
+            return self.validation.verdicts[0]
+        return self.verdict
+
+    @property
+    def exit_code(self) -> int:
+        """0 no drift, 1 drift, 2 bad input (the `driftloop check` contract)."""
+        if self.bad_input is not None or self.verdict not in ("drift", "no_drift"):
+            return 2
+        return 1 if self.dataset_drift else 0
