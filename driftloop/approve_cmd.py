@@ -27,7 +27,7 @@ from driftloop.preflight import require
 
 if TYPE_CHECKING:
     from tasks.approval.records import PendingRequest
-    from tasks.evidence import GateRow
+    from tasks.evidence import Evidence, GateRow
 
 RunArgument = Annotated[
     str, typer.Argument(help="Flow run id of the paused request (see `driftloop pending`).")
@@ -175,6 +175,7 @@ def _card(r: PendingRequest) -> Table:
         ("data rev", ev.data_rev),
         ("why", ev.reason),
         ("gate", "\n".join(_gate(g) for g in ev.gate) or "-"),
+        ("drift", _drift(ev) or "-"),
         ("evidence", r.evidence_hash),
         ("age", f"{_age(r.age_seconds)}, expires {expires}"),
     ]
@@ -184,6 +185,18 @@ def _card(r: PendingRequest) -> Table:
 def _gate(g: GateRow) -> str:
     """E.g. 'rmse 61.2 -> 48.1 pass', four significant digits."""
     return f"{g.metric} {_num(g.champion)} -> {_num(g.candidate)} {'pass' if g.passed else 'FAIL'}"
+
+
+def _drift(ev: Evidence, limit: int = 5) -> str:
+    """The summary, then e.g. 'temp wasserstein 0.31 (threshold 0.1)', as the card lists them."""
+    lines = [ev.drift_summary] if ev.drift_summary else []
+    lines += [
+        f"{d.column} {d.method} {_num(d.score)} (threshold {_num(d.threshold)})"
+        for d in ev.drift[:limit]
+    ]
+    if len(ev.drift) > limit:
+        lines.append(f"... and {len(ev.drift) - limit} more")
+    return "\n".join(lines)
 
 
 def _num(value: float | None) -> str:

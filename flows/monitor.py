@@ -80,7 +80,16 @@ def monitor(
     # save before publishing: a failed push must not lose the result
     run_id = str(flow_run.id or f"local-{int(time.time())}")
     record = monitor_record(
-        project, run_id, start, end, serving.bento, reference.data_rev, result, window, report_urls
+        project,
+        run_id,
+        start,
+        end,
+        serving.bento,
+        reference.data_rev,
+        result,
+        window,
+        seen,
+        report_urls,
     )
     save_record(project, record)
 

@@ -22,9 +22,8 @@ from prometheus_client import (
 )
 
 from config.loader import Project
+from tasks.render.names import MONITOR_JOB, SERVING_JOB  # one spelling for pusher and rules
 
-MONITOR_JOB = "driftloop_monitor"
-SERVING_JOB = "driftloop_serving"
 ROLLOUTS_JOB = "driftloop_rollouts"
 
 

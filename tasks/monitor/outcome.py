@@ -27,7 +27,7 @@ class Assessment:
 
 
 def assess(result: CheckResult) -> Assessment:
-    usable = result.bad_input is None
+    usable = result.usable
     breached = bool(result.quality and result.quality.limit_breached)
     wrong = not usable or result.dataset_drift or breached or result.verdict != "no_drift"
     return Assessment(usable=usable, quality_breached=breached, wrong=bool(wrong))
@@ -51,10 +51,10 @@ def monitor_record(
     data_rev: str,
     result: CheckResult,
     window: Window,
+    seen: Assessment,
     report_urls: list[str],
 ) -> MonitorRecord:
     """The run as saved before anything is published: the policy and `driftloop` read it back."""
-    seen = assess(result)
     return MonitorRecord(
         run_id=run_id,
         model=project.config.project.name,

@@ -24,7 +24,7 @@ from driftloop.cli import app, render_status
 from driftloop.demo import WindowRow, _quality, render_windows
 from driftloop.lineage_view import render_lineage
 from tasks.approval.records import PendingRequest
-from tasks.evidence import Evidence, GateRow
+from tasks.evidence import DriftRow, Evidence, GateRow
 from tasks.release.releases import Release
 from tasks.stack.services import ServiceStatus
 
@@ -54,6 +54,11 @@ def request(run_id: str) -> PendingRequest:
     evidence = Evidence(
         model="bikeshare",
         reason="drift: 7 of 11 columns drifted [dataset drift] in 2011-05-01..2011-06-01",
+        drift_summary="7 of 11 columns drifted",
+        drift=[
+            DriftRow(column=f"c{i}", method="wasserstein", score=0.31234 + i, threshold=0.1)
+            for i in range(7)
+        ],
         gate=[
             GateRow(metric="rmse", champion=61.23456789, candidate=48.0987654, passed=True),
             GateRow(metric="mae", champion=0.5893323727185399, candidate=0.61234567, passed=False),
@@ -90,6 +95,11 @@ def test_pending_is_a_card_per_request():
     assert "0.58933" not in text
     assert "[dataset drift]" in text  # a reason's brackets are text, not markup
     assert "age:       2h05m, expires 2026-12-03 14:12 UTC" in text
+    stripped = "\n".join(line.rstrip() for line in lines)
+    first = "drift:     7 of 11 columns drifted\n           c0 wasserstein 0.3123 (threshold 0.1)"
+    assert first in stripped
+    assert "c4 wasserstein 4.312 (threshold 0.1)\n           ... and 2 more" in stripped
+    assert "c5 wasserstein" not in text
 
 
 @pytest.fixture
