@@ -130,8 +130,8 @@ def run_flow(live: Live, start: datetime) -> tuple[float, dict]:
 def check_alone(live: Live, start: datetime) -> dict[str, float]:
     """The monitor's check step on the same reference and window, and the window's read."""
     from tasks.capture import read_window
-    from tasks.data import reference_for
     from tasks.monitor.checks import check_window
+    from tasks.monitor.reference import reference_for
     from tasks.release.releases import read_serving
 
     labels = read_serving(live.project).labels

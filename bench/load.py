@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -37,6 +37,11 @@ class Requests:
     status: np.ndarray
     bento: list[str]  # the answering bento per request ("" when none)
     wall_s: float
+    errors: dict[str, int] = field(default_factory=dict)  # failures by kind
+
+    def describe_failures(self) -> str:
+        """What went wrong, for an assertion message: counts by status or exception."""
+        return ", ".join(f"{kind}: {n}" for kind, n in sorted(self.errors.items())) or "none"
 
     def window(self, since: float, until: float) -> Requests:
         keep = (self.start >= since) & (self.start < until)
@@ -115,11 +120,13 @@ def finish(process: subprocess.Popen, out: Path, timeout: float, stop: bool = Fa
         status=np.asarray(data["status"]),
         bento=[names[i] if i >= 0 else "" for i in data["bento"]],
         wall_s=data["wall_s"],
+        errors=data.get("errors", {}),
     )
 
 
 def run(url: str, body: bytes, out: Path, args: argparse.Namespace) -> None:
     log: dict[str, list] = {"start": [], "seconds": [], "status": [], "bento": []}
+    errors: dict[str, int] = {}
     names: dict[str, int] = {}
     began = time.monotonic()
     deadline = began + args.max_seconds
@@ -134,8 +141,12 @@ def run(url: str, body: bytes, out: Path, args: argparse.Namespace) -> None:
             if status == 200:
                 name = response.json().get("bento", "")
                 who = names.setdefault(name, len(names))
-        except Exception:  # a refused or reset connection is a failed request, not a crash
+            else:
+                kind = f"HTTP {status}"
+                errors[kind] = errors.get(kind, 0) + 1
+        except Exception as exc:  # a refused or reset connection is a failed request, not a crash
             status = 0
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
         log["start"].append(t0_wall)
         log["seconds"].append(time.perf_counter() - t0)
         log["status"].append(status)
@@ -182,9 +193,8 @@ def run(url: str, body: bytes, out: Path, args: argparse.Namespace) -> None:
             await (paced(client) if args.rate else closed(client))
 
     asyncio.run(main())
-    log["wall_s"] = time.monotonic() - began
-    log["bentos"] = sorted(names, key=names.get)
-    out.write_text(json.dumps(log))
+    wall_s, bentos = time.monotonic() - began, sorted(names, key=names.get)
+    out.write_text(json.dumps({**log, "wall_s": wall_s, "bentos": bentos, "errors": errors}))
 
 
 def main() -> None:

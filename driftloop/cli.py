@@ -1,4 +1,9 @@
-"""The `driftloop` command: a thin front door that parses input, calls tasks and renders results."""
+"""The `driftloop` command: a thin front door that parses input, calls tasks and renders results.
+
+The commands here and in the other `driftloop/*_cmd.py` modules import tasks and flows inside
+their bodies, on purpose: Prefect reads its settings once, at import, so nothing may import it
+before `console.project` has pointed this process at the stack's server (`console.use_prefect`).
+"""
 
 from __future__ import annotations
 

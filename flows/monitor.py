@@ -10,7 +10,6 @@ from prefect.runtime import flow_run
 
 from config.loader import load_project
 from tasks.capture import read_current
-from tasks.data import read_reference
 from tasks.metrics import push_metrics
 from tasks.monitor.checks import check_window
 from tasks.monitor.history import record_trigger, save_record
@@ -24,6 +23,7 @@ from tasks.monitor.outcome import (
     window_evidence,
     window_text,
 )
+from tasks.monitor.reference import read_reference
 from tasks.monitor.reports import publish_artifacts, write_report
 from tasks.notify import close_thread, current_thread, monitor_headline, monitor_notice, send_notice
 from tasks.release.package import read_model

@@ -1,20 +1,25 @@
 """The promote flow: an approved candidate becomes the serving model, or the old one stays.
 
 Nothing here changes what serves until the candidate has passed its checks
-(tasks/release/rollout.py); a failure at any step is told to the cycle's Slack thread and
-ends the run Failed.
+(tasks/release/rollout.py); a failure at any step is told to the cycle's Slack thread
+(tasks/release/promote_steps.py) and ends the run Failed.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
-from config.loader import Project, load_project
-from tasks.approval.identity import NoRecordedApproval, verified_approval
+from config.loader import load_project
 from tasks.notify import Notice, close_thread, send_notice
-from tasks.release.package import build_bento, export_bento
-from tasks.release.releases import Attempt, Release, read_serving
-from tasks.release.rollout import RolloutFailed, attempt_failed, put_into_service, reconcile
+from tasks.release.promote_steps import (
+    build_release,
+    check_approval,
+    promoted_text,
+    promotion_lineage,
+    roll_forward,
+)
+from tasks.release.releases import read_serving
+from tasks.release.rollout import reconcile
 
 
 def reconcile_after_crash(flow, flow_run, state) -> None:
@@ -41,79 +46,22 @@ def promote(
     config: str | None = None,
 ) -> str:
     """Build the approved candidate's bento with its lineage, roll it forward, say what serves."""
-    logger = get_run_logger()
     project = load_project(config)
 
     # 0. the sealed approval recorded with the retrain run, for exactly this candidate and
-    #    evidence: no parameter can stand in for it; without it nothing changes
-    try:
-        decision = verified_approval(project, retrain_run, candidate, evidence_hash)
-    except NoRecordedApproval as exc:
-        refuse_promotion(project, candidate, retrain_run, evidence_hash, str(exc))
-        raise
-    approver = decision.approver or ""
+    #    evidence; without it nothing changes
+    decision = check_approval(project, candidate, retrain_run, evidence_hash)
 
     # 1. bentoml build (lineage on the labels, the exact model tag as a build argument) and
     #    the exported archive, the release artifact
-    lineage = {
-        "retrain_run": retrain_run,
-        "approver": approver,
-        "approval_channel": decision.channel or "",
-        "approved_at": decision.decided_at.isoformat(timespec="seconds"),
-        "evidence_hash": evidence_hash,
-    }
-    try:
-        bento = build_bento(project, candidate, extra_labels=lineage)
-        archive = export_bento(project, bento.tag)
-    except Exception as exc:
-        report_failure(
-            project,
-            attempt_failed(project, None, "build", exc, model_tag=candidate, labels=lineage),
-        )
-        raise
-    logger.info("built %s; release artifact %s", bento.tag, archive)
+    lineage = promotion_lineage(decision, retrain_run, evidence_hash)
+    bento = build_release(project, candidate, lineage)
 
     # 2. roll forward: idle slot ready, smoke-tested, traffic switched, watched, old slot off
     #    (or the configured backend's equivalent)
-    try:
-        release = put_into_service(project, bento, progress=logger.info)
-    except RolloutFailed as exc:
-        report_failure(project, exc.attempt)
-        raise
+    release = roll_forward(project, bento)
 
     # 3. say so, and end the cycle's thread
-    who = f"{decision.channel}:{approver}"
-    send_notice(project, Notice(text=promoted_text(release, who)), None)
+    send_notice(project, Notice(text=promoted_text(release, decision)), None)
     close_thread(project)
     return release.bento
-
-
-def refuse_promotion(
-    project: Project, candidate: str, retrain_run: str, evidence_hash: str, reason: str
-) -> None:
-    """Audit a promotion asked for without a recorded approval; serving is not touched."""
-    from tasks.approval.audit import record_refusal
-
-    text = f":no_entry: promotion of {candidate} refused: {reason}. Serving is unchanged."
-    get_run_logger().error(text)
-    record_refusal(project, retrain_run, "promote", None, "promote", evidence_hash, reason)
-    send_notice(project, Notice(text=text), None)
-
-
-def report_failure(project: Project, attempt: Attempt) -> None:
-    what = attempt.release.bento or f"a bento of {attempt.release.model_tag}"
-    serving = attempt.previous or "nothing"
-    text = (
-        f":x: {what} was not promoted: {attempt.outcome.replace('_', ' ')} at {attempt.stage}.\n"
-        f"Reason: {attempt.reason[:1500]}\n{serving} keeps serving. "
-        "`driftloop lineage` shows what serves; the attempt is in .driftloop/audit/releases.jsonl."
-    )
-    get_run_logger().error(text)
-    send_notice(project, Notice(text=text), None)
-
-
-def promoted_text(release: Release, approver: str) -> str:
-    return (
-        f":rocket: {release.bento} now serving (model {release.model_tag}), "
-        f"approved by {approver or 'n/a'}"
-    )

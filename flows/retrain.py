@@ -15,9 +15,11 @@ from tasks.approval.wait import await_decision
 from tasks.evidence import WindowEvidence, approval_evidence, evidence_hash
 from tasks.notify import Notice, send_notice
 from tasks.release.releases import read_serving
+from tasks.release.rollout import reconcile
 from tasks.retrain.candidate import (
     judge_candidate,
     new_training_set,
+    retrain_outcome,
     train_candidate,
 )
 from tasks.retrain.trigger import earlier_open_retrain
@@ -26,7 +28,6 @@ from tasks.retrain.trigger import earlier_open_retrain
 def report_crash(flow, flow_run, state) -> None:
     """on_crashed: the process running the retrain died (killed, out of memory, host lost).
     Say so in the model's thread: nothing was promoted, and a new trigger starts afresh."""
-    from tasks.release.rollout import reconcile
 
     run = flow_run
     project = load_project((run.parameters or {}).get("config"))
@@ -83,14 +84,6 @@ def retrain(
     # 3. the gate: candidate vs champion on the held-out recent window
     verdict = judge_candidate(project, serving.model_tag, trainset.holdout)
     logger.info("gate: %s", verdict.reason)
-    outcome = {
-        "candidate": candidate,
-        "data_rev": trainset.data_rev,
-        "gate": verdict.reason,
-        "gate_passed": verdict.passed,
-        "decision": None,
-        "release": None,
-    }
     if not verdict.passed:
         send_notice(
             project,
@@ -99,7 +92,7 @@ def retrain(
             ),
             None,
         )
-        return outcome
+        return retrain_outcome(candidate, trainset.data_rev, verdict)
 
     # 4. one decision: Slack buttons, the Prefect UI resume form, or the CLI
     proof = approval_evidence(
@@ -113,14 +106,12 @@ def retrain(
     )
     settings = ApprovalSettings.from_project(project)
     decision = await_decision(project, proof, settings.timeout_seconds, settings.approvers)
-    outcome["decision"] = decision.describe()
     logger.info("decision: %s", decision.describe())
     if decision.outcome != "approve":
-        return outcome
+        return retrain_outcome(candidate, trainset.data_rev, verdict, decision.describe())
 
     # 5. promote: a lineage-labelled bento, rolled forward behind nginx
     release = promote(
         candidate=candidate, retrain_run=run_id, evidence_hash=evidence_hash(proof), config=config
     )
-    outcome["release"] = release
-    return outcome
+    return retrain_outcome(candidate, trainset.data_rev, verdict, decision.describe(), release)

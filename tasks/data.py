@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from config.loader import ConfigError, Project
 from model.frames import read_table, write_table
@@ -227,38 +225,3 @@ def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> 
 def _cached_bytes(project: Project, md5: str) -> bytes | None:
     path = _cache_path(project, md5)
     return path.read_bytes() if path.is_file() else None
-
-
-# ---------------------------------------------------------------- the monitor's reference
-
-
-@dataclass(frozen=True)
-class Reference:
-    data_rev: str
-    frame: pd.DataFrame
-    profile: object  # tasks.monitor.drift_stats.FrameProfile, computed once per data rev
-
-
-def reference_for(project: Project, data_rev: str, git_commit: str | None) -> Reference:
-    """The serving model's training data at its data rev, with its drift profile (cached)."""
-    from tasks.monitor.drift_stats import FrameProfile
-    from tasks.monitor.profile import reference_profile
-
-    frame = read_data_rev(project, data_rev, git_commit)
-    cache = project.state_dir / "profiles" / f"{data_rev}.pkl"
-    profile = FrameProfile.load(cache, key=data_rev) if cache.is_file() else None
-    numeric, categorical = project.features
-    if profile is None or not profile.covers(numeric, categorical):
-        built = reference_profile(frame, project, key=data_rev)
-        if isinstance(built, FrameProfile):
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            built.save(cache)
-            profile = built
-        else:
-            profile = None  # unusable reference: run_checks reports it by name
-    return Reference(data_rev=data_rev, frame=frame, profile=profile)
-
-
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def read_reference(project: Project, data_rev: str, git_commit: str | None) -> Reference:
-    return reference_for(project, data_rev, git_commit)

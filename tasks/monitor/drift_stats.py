@@ -10,8 +10,8 @@ arrays make normed Wasserstein a linear merge instead of three sorts.
 Method choice, formulas, default thresholds and the direction of each comparison mirror
 `evidently.legacy.calculations.stattests` (registry `_get_default_stattest`, `get_binned_data`,
 the `ks`, `wasserstein`, `jensenshannon`, `psi`, `chisquare` and `z` tests). Any other method a
-config names is run through Evidently's own `StatTest`. `tests/tasks/test_checks.py` proves the
-scores and verdicts equal the preset's.
+config names is run through Evidently's own `StatTest`. `tests/tasks/monitor/test_checks.py`
+proves the scores and verdicts equal the preset's.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+
+from model.frames import feature_frame
 
 Kind = Literal["numeric", "categorical"]
 NUMERIC: Kind = "numeric"
@@ -171,7 +173,6 @@ def categorical_values(series: pd.Series) -> pd.Series:
         "empty",
     ):
         return series
-    from model.frames import feature_frame
 
     return feature_frame(series.to_frame(), [], [series.name])[series.name]
 

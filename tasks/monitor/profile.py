@@ -1,4 +1,4 @@
-"""The reference's drift profile: built once per data rev, saved and reloaded by `tasks.data`,
+"""The reference's drift profile: built once per data rev, saved and reloaded by `reference`,
 so a monitor run only reduces the current window (the type is `drift_stats.FrameProfile`)."""
 
 from __future__ import annotations

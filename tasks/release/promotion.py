@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from config.loader import Project
+from tasks.approval.store import recorded_decision
 from tasks.commands import CommandError
 from tasks.release.releases import read_attempts
 
@@ -31,7 +32,6 @@ class ApprovedCandidate:
 
 def approved_candidate(project: Project, run_id: str) -> ApprovedCandidate:
     """The candidate of `run_id` with the approval recorded for it, or PromotionRefused."""
-    from tasks.approval.store import recorded_decision
 
     run = _retrain_run(run_id)
     request, decision = recorded_decision(project, str(run.id))

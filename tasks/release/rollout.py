@@ -19,6 +19,8 @@ from config.loader import Project
 from tasks.commands import CommandError
 from tasks.metrics import push_rollout_counts, push_serving_info
 from tasks.release.health import offline_sample, smoke, watch
+from tasks.release.image import build_image, push_image
+from tasks.release.kubernetes import release_to_kubernetes
 from tasks.release.package import Bento
 from tasks.release.releases import (
     Attempt,
@@ -31,6 +33,9 @@ from tasks.release.releases import (
     rollout_counts,
 )
 from tasks.release.serving import SLOTS, slot_port, slot_url, start_slot, stop_slot, switch_traffic
+from tasks.stack.nginx import upstream_port
+from tasks.stack.paths import stack_dir
+from tasks.stack.supervisor import supervisor_pid
 
 DRAIN_SECONDS = 2.0  # nginx's old workers finish their requests to a slot before it stops
 
@@ -164,8 +169,6 @@ def reconcile(project: Project) -> str | None:
     """Make nginx and the slots agree with serving.json again after a roll-forward's process
     died half-way (killed, host lost): traffic back on the recorded release, the stray slot
     stopped and its attempt logged as rolled back. Returns what it did, or None."""
-    from tasks.stack.nginx import upstream_port
-    from tasks.stack.supervisor import supervisor_pid
 
     current = read_serving(project)
     if current is None or current.slot not in SLOTS or supervisor_pid(project) is None:
@@ -203,7 +206,6 @@ def reconcile(project: Project) -> str | None:
 
 def slot_bento(project: Project, slot: str) -> str | None:
     """The bento a slot's supervisord program serves, if the slot is configured."""
-    from tasks.stack.paths import stack_dir
 
     conf = stack_dir(project) / "slots" / f"{slot}.conf"
     if not conf.exists():
@@ -233,7 +235,6 @@ def put_into_service(
     how = {"action": action, "released_by": released_by, "progress": progress}
     if backend == "local":
         return go_live(project, bento, **how)
-    from tasks.release.image import build_image, push_image
 
     try:
         image = build_image(project, bento.tag)
@@ -253,7 +254,6 @@ def kubernetes_release(
     action: Literal["promote", "release"] = "promote",
     released_by: str = "",
 ) -> Release:
-    from tasks.release.kubernetes import release_to_kubernetes
 
     current = read_serving(project)
     stage = "push"

@@ -27,6 +27,10 @@ from model.capture import (
 )
 from tasks.commands import CommandError, bin_path, tool_env
 from tasks.release.package import bentoml_home
+from tasks.stack.nginx import write_upstream
+from tasks.stack.paths import log_dir, stack_dir
+from tasks.stack.services import healthy
+from tasks.stack.supervisor import program_section, program_states, supervisor_pid, supervisorctl
 
 
 @dataclass
@@ -181,14 +185,6 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
 
     On failure the slot is stopped again and the error names the bento, the slot and its log.
     """
-    from tasks.stack.paths import log_dir, stack_dir
-    from tasks.stack.services import healthy
-    from tasks.stack.supervisor import (
-        program_section,
-        program_states,
-        supervisor_pid,
-        supervisorctl,
-    )
 
     if supervisor_pid(project) is None:
         raise CommandError("the stack is not running; start it with `driftloop up`")
@@ -247,8 +243,6 @@ def wait_port_free(port: int, seconds: float) -> None:
 
 def stop_slot(project: Project, slot: str) -> None:
     """Remove the slot's program: supervisord stops it (and its workers) and forgets it."""
-    from tasks.stack.paths import stack_dir
-    from tasks.stack.supervisor import supervisor_pid, supervisorctl
 
     conf = stack_dir(project) / "slots" / f"{slot}.conf"
     if conf.exists():
@@ -259,9 +253,6 @@ def stop_slot(project: Project, slot: str) -> None:
 
 def switch_traffic(project: Project, slot: str) -> None:
     """Point nginx at `slot`: new upstream file, `nginx -t`, then a graceful reload (HUP)."""
-    from tasks.stack.nginx import write_upstream
-    from tasks.stack.paths import stack_dir
-    from tasks.stack.supervisor import supervisorctl
 
     path = write_upstream(project, slot_port(project, slot))
     nginx_dir = stack_dir(project) / "nginx"

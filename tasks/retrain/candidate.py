@@ -42,8 +42,27 @@ def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]
 def judge_candidate(project: Project, champion_tag: str, holdout) -> GateResult:
     """Champion (the serving model, from the BentoML store) against the candidate just trained."""
     os.environ.setdefault("BENTOML_HOME", str(bentoml_home(project)))
-    import bentoml
+    import bentoml  # after BENTOML_HOME: bentoml reads its store's place once, at import
 
     champion = bentoml.sklearn.load_model(champion_tag)
     candidate = joblib.load(project.resolve(artifacts.MODEL_FILE))
     return gate(project, champion, candidate, holdout)
+
+
+def retrain_outcome(
+    candidate: str,
+    data_rev: str,
+    verdict: GateResult,
+    decision: str | None = None,
+    release: str | None = None,
+) -> dict:
+    """A retrain run's result, as the Prefect UI and `driftloop` show it: the candidate, its
+    data rev, the gate, the decision and the release (None where the run stopped before)."""
+    return {
+        "candidate": candidate,
+        "data_rev": data_rev,
+        "gate": verdict.reason,
+        "gate_passed": verdict.passed,
+        "decision": decision,
+        "release": release,
+    }

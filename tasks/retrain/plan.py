@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from config.loader import Project
+from tasks.approval.settings import allowed_identities
 from tasks.commands import bin_path, run
 from tasks.release.releases import read_serving
 from tasks.retrain.trigger import open_retrain
@@ -46,7 +47,6 @@ def plan_retrain(project: Project, reason: str) -> RetrainPlan:
         f"{gate.min_relative_improvement:.0%}; guards {gate.guard_metrics or 'none'} no worse "
         f"than {gate.guard_tolerance:.0%}"
     )
-    from tasks.approval.settings import allowed_identities
 
     who = ", ".join(allowed_identities(cfg.approval)) or "anyone"
     plan.lines.append(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from config.loader import Project
 from model import artifacts
 from tasks.commands import bin_path, run
+from tasks.data import verify_data
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,6 @@ class TrainingResult:
 
 def reproduce(project: Project) -> TrainingResult:
     """`dvc repro`, after checking the training data is the rev DVC records (never partial)."""
-    from tasks.data import verify_data
 
     verify_data(project)
     out = run(

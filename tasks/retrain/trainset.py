@@ -11,6 +11,7 @@ import pyarrow.dataset as ds
 
 from config.loader import Project
 from model.frames import write_table
+from model.lineage import file_md5
 from tasks.capture import capture_root, read_window
 from tasks.commands import CommandError, run
 from tasks.data import read_data_rev, track
@@ -90,7 +91,6 @@ def newest_capture(project: Project):
 
 def version_training_set(project: Project, frame: pd.DataFrame, run_id: str) -> tuple[str, str]:
     """Write data.path, `dvc add` + `dvc push`, and commit its .dvc file; (md5, commit)."""
-    from model.lineage import file_md5
 
     write_table(frame, project.data_path)
     track(project)

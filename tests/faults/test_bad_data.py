@@ -2,8 +2,8 @@
 verdict reaches the metrics and the Slack notice.
 
 The core classes (empty, a single row, missing/renamed/retyped column, all-NaN, inf, 30%
-unseen categories) are proved in tests/flows/test_monitor_outputs.py and, per verdict, in
-tests/tasks/test_validate.py and test_checks.py. This file runs the full list of schema and
+unseen categories) are proved in tests/tasks/monitor/test_monitor_outputs.py and, per verdict, in
+tests/tasks/monitor/test_validate.py and test_checks.py. This file runs the full list of schema and
 value mutations, on both sides (current and reference), through the same path.
 """
 
@@ -24,7 +24,7 @@ from tasks.metrics import monitor_registry
 from tasks.monitor.checks import run_checks
 from tasks.monitor.outcome import monitor_metrics
 from tasks.notify import as_text, monitor_notice
-from tests.flows.test_monitor_outputs import CASES, current
+from tests.tasks.monitor.test_monitor_outputs import CASES, current
 
 ROOT = Path(__file__).resolve().parents[2]
 Mutation = Callable[[pd.DataFrame], pd.DataFrame]

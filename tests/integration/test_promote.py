@@ -96,6 +96,10 @@ def stop_traffic(process: subprocess.Popen, tmp_path: Path) -> Requests:
     return finish(process, tmp_path / "load.json", timeout=60, stop=True)
 
 
+def failures(requests: Requests) -> str:
+    return f"{requests.failed} of {len(requests.status)} failed ({requests.describe_failures()})"
+
+
 def answered_by(project) -> str:
     return httpx.post(client_url(project), json={"records": sample(project)}).json()["bento"]
 
@@ -158,7 +162,7 @@ def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_
     finally:
         requests = stop_traffic(load, tmp_path)
         slack.stop()
-    assert requests.failed == 0, f"{requests.failed} of {len(requests.status)} requests failed"
+    assert requests.failed == 0, failures(requests)
     assert after_switch_all_new(requests, before.bento, bento)
     assert answered_by(project) == bento
     assert not slot_answers(project, before.slot), "the old slot still runs"
@@ -189,7 +193,7 @@ def test_promote_under_load_then_lineage_and_rollback(live, prefect_server, tmp_
     finally:
         requests = stop_traffic(load, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert requests.failed == 0
+    assert requests.failed == 0, failures(requests)
     assert answered_by(project) == before.bento
     assert read_serving(project).bento == before.bento
     assert attempts(project)[-1].action == "rollback"
@@ -217,7 +221,8 @@ def test_a_candidate_never_ready_is_stopped_within_its_deadline(live, tmp_path):
     finally:
         requests = stop_traffic(load, tmp_path)
     assert took < 30, f"the rollback took {took:.0f} s"
-    assert requests.failed == 0 and set(requests.bento) == {before.bento}
+    assert requests.failed == 0, failures(requests)
+    assert set(requests.bento) == {before.bento}
     assert failed.value.attempt.outcome == "failed" and failed.value.attempt.stage == "start"
     assert read_serving(live) == before
     assert not slot_answers(live, idle_slot(before)), "the candidate still runs"
@@ -290,7 +295,8 @@ def test_promote_killed_mid_build_leaves_serving_unchanged(live, prefect_server,
         time.sleep(2)
     finally:
         requests = stop_traffic(load, tmp_path)
-    assert requests.failed == 0 and set(requests.bento) == {before.bento}
+    assert requests.failed == 0, failures(requests)
+    assert set(requests.bento) == {before.bento}
     assert read_serving(project) == before
     assert answered_by(project) == before.bento
     assert len(attempts(project)) == tried, "a killed build was recorded as a release"
@@ -417,7 +423,7 @@ def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
         stop_worker(worker)
         slack.stop()
     assert run.name in notice["text"] and f"{before.bento} is serving" in notice["text"]
-    assert requests.failed == 0, f"{requests.failed} of {len(requests.status)} requests failed"
+    assert requests.failed == 0, failures(requests)
     assert read_serving(project) == before
     assert answered_by(project) == before.bento
     assert not slot_answers(project, idle_slot(before)), "the stray candidate still runs"
@@ -439,5 +445,5 @@ def test_after_interrupted_promotes_the_next_one_goes_live(live, tmp_path):
         release = go_live(live, bento)
     finally:
         requests = stop_traffic(load, tmp_path)
-    assert requests.failed == 0
+    assert requests.failed == 0, failures(requests)
     assert release.bento == bento.tag == answered_by(live) == read_serving(live).bento

@@ -13,7 +13,7 @@ from config.loader import Project, load_project
 from tasks.render import kubernetes as k8s
 from tests.contracts.test_deployments import config_copy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # the oldest release with the native preStop sleep on by default, and the newest schemas here
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 

@@ -19,7 +19,7 @@ from tasks.monitor.outcome import monitor_metrics
 from tasks.monitor.reports import head_report, publish_artifacts
 from tasks.notify import as_text, monitor_notice
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
