@@ -7,7 +7,7 @@ estimator class live in `config.loader`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -286,6 +286,11 @@ class GateConfig(Section):
     )
 
 
+ApprovalChannel = Literal["slack", "cli", "ui"]
+APPROVAL_CHANNELS: tuple[ApprovalChannel, ...] = get_args(ApprovalChannel)
+SEALING_CHANNELS: tuple[ApprovalChannel, ...] = ("slack", "cli")  # the UI's resume is unsealed
+
+
 class Approvers(Section):
     """Who may decide, per channel, by the identity that channel authenticates."""
 
@@ -306,8 +311,8 @@ class ApprovalConfig(Section):
         default_factory=Approvers,
         description="Identities allowed to decide, per channel (all empty: anyone).",
     )
-    channels: list[Literal["slack", "cli", "ui"]] = Field(
-        default_factory=lambda: ["slack", "cli", "ui"], description="Channels that may decide."
+    channels: list[ApprovalChannel] = Field(
+        default_factory=lambda: list(APPROVAL_CHANNELS), description="Channels that may decide."
     )
     slack_team_id: str = Field(
         "", description="The Slack workspace (T...) whose users may decide; empty: no Slack."

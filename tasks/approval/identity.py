@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from config.loader import Project
+from config.schema import SEALING_CHANNELS
 from tasks.approval.records import UI_IDENTITY, ApprovalInput, Channel, Decision
 from tasks.approval.seal import seal, verify
 from tasks.approval.store import recorded_decision
@@ -72,7 +73,7 @@ def authenticate(project: Project, run_id: str, answer: ApprovalInput) -> Identi
     fields = _input_fields(
         run_id, answer.decision, answer.approver, str(channel), answer.comment, answer.evidence_hash
     )
-    if channel not in ("slack", "cli") or not verify(project, fields, str(signature)):
+    if channel not in SEALING_CHANNELS or not verify(project, fields, str(signature)):
         raise Forged("the input's seal does not verify (forged or altered)")
     return Identity(channel, answer.approver, answer.comment)
 

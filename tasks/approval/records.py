@@ -10,9 +10,10 @@ from typing import Any, Literal
 from prefect.input import RunInput
 from pydantic import BaseModel
 
+from config.schema import APPROVAL_CHANNELS, ApprovalChannel
 from tasks.evidence import Evidence
 
-Channel = Literal["slack", "ui", "cli"]
+Channel = ApprovalChannel
 Outcome = Literal["approve", "reject", "expired"]
 PAST = {"approve": "approved", "reject": "rejected", "expired": "expired"}
 
@@ -44,7 +45,7 @@ class ApprovalRequest(BaseModel):
     requested_at: datetime
     expires_at: datetime
     approvers: list[str] = []  # `channel:identity` (a bare identity: any channel); empty: anyone
-    channels: list[str] = ["slack", "cli", "ui"]  # channels that may decide
+    channels: list[str] = list(APPROVAL_CHANNELS)  # channels that may decide
     poll_seconds: float = 2.0
     card_channel: str | None = None
     card_ts: str | None = None

@@ -5,47 +5,42 @@ how long a request waits, and where a run is shown.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from config.loader import Project
+from config.schema import APPROVAL_CHANNELS, ApprovalConfig
 
 
 @dataclass(frozen=True)
 class ApprovalSettings:
-    """The `approval` config section, with defaults until the section exists."""
+    """The `approval` config section as the approval room reads it (defaults: the schema's)."""
 
-    approvers: tuple[str, ...] = ()
-    channels: tuple[str, ...] = ("slack", "cli", "ui")
-    timeout_seconds: int = 24 * 3600
-    poll_seconds: float = 2.0
-    slack_host: str = "127.0.0.1"
-    slack_port: int = 3100
+    approvers: tuple[str, ...]
+    channels: tuple[str, ...]
+    timeout_seconds: int
+    poll_seconds: float
+    slack_host: str
+    slack_port: int
 
     @classmethod
     def from_project(cls, project: Project) -> ApprovalSettings:
-        section = getattr(project.config, "approval", None)
-        if section is None:
-            return cls()
+        section = project.config.approval
         return cls(
             approvers=allowed_identities(section),
-            channels=tuple(getattr(section, "channels", cls.channels)),
-            timeout_seconds=int(getattr(section, "timeout_seconds", cls.timeout_seconds)),
-            poll_seconds=float(getattr(section, "poll_seconds", cls.poll_seconds)),
-            slack_host=str(getattr(section, "slack_host", cls.slack_host)),
-            slack_port=int(getattr(section, "slack_port", cls.slack_port)),
+            channels=tuple(section.channels),
+            timeout_seconds=section.timeout_seconds,
+            poll_seconds=section.poll_seconds,
+            slack_host=section.slack_host,
+            slack_port=section.slack_port,
         )
 
 
-def allowed_identities(section: Any) -> tuple[str, ...]:
+def allowed_identities(section: ApprovalConfig) -> tuple[str, ...]:
     """The allow-list as `channel:identity` entries, from the per-channel config."""
-    approvers = getattr(section, "approvers", None)
-    if approvers is None:
-        return ()
     return tuple(
         f"{channel}:{identity}"
-        for channel in ("slack", "cli", "ui")
-        for identity in getattr(approvers, channel, [])
+        for channel in APPROVAL_CHANNELS
+        for identity in getattr(section.approvers, channel)
     )
 
 

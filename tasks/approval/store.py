@@ -19,6 +19,7 @@ from prefect.client.schemas.objects import FlowRunInput
 from pydantic import BaseModel
 
 from config.loader import Project
+from config.schema import APPROVAL_CHANNELS
 from tasks.approval.records import UI_IDENTITY, ApprovalRequest, Decision, utc_now
 
 T = TypeVar("T")
@@ -68,7 +69,7 @@ async def latest_response(
     return Decision(
         outcome=value.get("decision", "approve"),
         approver=value.get("approver") if value.get("seal") else UI_IDENTITY,
-        channel=channel if channel in ("slack", "cli", "ui") else "ui",
+        channel=channel if channel in APPROVAL_CHANNELS else "ui",
         comment=value.get("comment", ""),
         decided_at=latest.created or utc_now(),
         evidence_hash=value.get("evidence_hash") or request.evidence_hash,

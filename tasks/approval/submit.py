@@ -20,6 +20,7 @@ from prefect.client.schemas.responses import SetStateStatus
 from prefect.exceptions import ObjectNotFound
 
 from config.loader import Project
+from config.schema import APPROVAL_CHANNELS
 from tasks.approval.audit import arecord_refusal, read_audit
 from tasks.approval.identity import input_seal
 from tasks.approval.records import ApprovalRequest, Channel, Decision, SubmitResult, iso, utc_now
@@ -192,7 +193,7 @@ async def _too_late(project, request, run, winner, decision, approver, channel) 
             winner = Decision(
                 outcome=e.decision,
                 approver=e.approver,
-                channel=e.channel if e.channel in ("slack", "ui", "cli") else None,
+                channel=e.channel if e.channel in APPROVAL_CHANNELS else None,
                 comment=e.comment,
                 decided_at=e.at,
                 evidence_hash=e.evidence_hash or request.evidence_hash,
