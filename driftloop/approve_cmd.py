@@ -27,7 +27,7 @@ from driftloop.preflight import require
 
 if TYPE_CHECKING:
     from tasks.approval.records import PendingRequest
-    from tasks.evidence import Evidence, GateRow
+    from tasks.evidence import Evidence, GateRow, QualityRow
 
 RunArgument = Annotated[
     str, typer.Argument(help="Flow run id of the paused request (see `driftloop pending`).")
@@ -176,6 +176,7 @@ def _card(r: PendingRequest) -> Table:
         ("why", ev.reason),
         ("gate", "\n".join(_gate(g) for g in ev.gate) or "-"),
         ("drift", _drift(ev) or "-"),
+        ("quality", "\n".join(_quality(q) for q in ev.quality) or "-"),
         ("evidence", r.evidence_hash),
         ("age", f"{_age(r.age_seconds)}, expires {expires}"),
     ]
@@ -185,6 +186,12 @@ def _card(r: PendingRequest) -> Table:
 def _gate(g: GateRow) -> str:
     """E.g. 'rmse 61.2 -> 48.1 pass', four significant digits."""
     return f"{g.metric} {_num(g.champion)} -> {_num(g.candidate)} {'pass' if g.passed else 'FAIL'}"
+
+
+def _quality(q: QualityRow) -> str:
+    """E.g. 'roc_auc 0.7123 (model's own 0.9512)'."""
+    own = f" (model's own {_num(q.reference)})" if q.reference is not None else ""
+    return f"{q.metric} {_num(q.current)}{own}" if q.current is not None else f"{q.metric} -"
 
 
 def _drift(ev: Evidence, limit: int = 5) -> str:

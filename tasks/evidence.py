@@ -61,6 +61,7 @@ class Evidence(BaseModel):
     reason: str
     drift_summary: str = ""
     drift: list[DriftRow] = []
+    quality: list[QualityRow] = []  # model quality on the window's labelled rows
     gate: list[GateRow] = []
     data_rev: str
     candidate: str  # the candidate's exact model tag
@@ -85,13 +86,15 @@ def approval_evidence(
     candidate: str,
     retrain_run_id: str,
 ) -> Evidence:
-    """The request's evidence: the trigger's window (none for a manual retrain) and the gate."""
+    """The request's evidence: the trigger's window (drift and quality; none for a manual
+    retrain) and the gate."""
     window = window or WindowEvidence()
     return Evidence(
         model=model,
         reason=reason,
         drift_summary=window.message,
         drift=window.drifted,
+        quality=window.quality,
         gate=gate,
         data_rev=data_rev,
         candidate=candidate,

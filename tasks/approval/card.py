@@ -44,6 +44,18 @@ def _drift_lines(evidence: Evidence, limit: int = 10) -> list[str]:
     return lines
 
 
+def quality_lines(evidence: Evidence) -> list[str]:
+    """E.g. '`roc_auc`: 0.7123 on the window (serving model's own 0.9512)'."""
+    lines = []
+    for q in evidence.quality:
+        if q.current is None:
+            lines.append(f"`{q.metric}`: not computed (too few labelled rows)")
+            continue
+        own = f" (serving model's own {_num(q.reference)})" if q.reference is not None else ""
+        lines.append(f"`{q.metric}`: {_num(q.current)} on the window{own}")
+    return lines
+
+
 def evidence_markdown(request: ApprovalRequest) -> str:
     """The resume form's description in the Prefect UI, and the `pending` detail."""
     ev = request.evidence
@@ -66,6 +78,9 @@ def evidence_markdown(request: ApprovalRequest) -> str:
         if ev.drift_summary:
             parts.append(ev.drift_summary)
         parts.extend(f"- {line}" for line in _drift_lines(ev))
+    if ev.quality:
+        parts.append("### Model quality")
+        parts.extend(f"- {line}" for line in quality_lines(ev))
     who = ", ".join(request.approvers) if request.approvers else "anyone"
     parts.append(
         "Choose **decision** (approve or reject) and copy the evidence hash above into "
@@ -100,6 +115,9 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
     if ev.drift_summary or ev.drift:
         text = "\n".join(filter(None, [ev.drift_summary, *("• " + x for x in _drift_lines(ev))]))
         blocks.append(_mrkdwn(f"*Drift*\n{text}"))
+    if ev.quality:
+        text = "\n".join("• " + x for x in quality_lines(ev))
+        blocks.append(_mrkdwn(f"*Model quality*\n{text}"))
     links = f"<{request.url}|Prefect run>" if request.url else ""
     cli = f"`driftloop approve {request.run_id}`"
     blocks.append(

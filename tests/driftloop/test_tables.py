@@ -24,7 +24,7 @@ from driftloop.cli import app, render_status
 from driftloop.demo import WindowRow, _quality, render_windows
 from driftloop.lineage_view import render_lineage
 from tasks.approval.records import PendingRequest
-from tasks.evidence import DriftRow, Evidence, GateRow
+from tasks.evidence import DriftRow, Evidence, GateRow, QualityRow
 from tasks.release.releases import Release
 from tasks.stack.services import ServiceStatus
 
@@ -58,6 +58,10 @@ def request(run_id: str) -> PendingRequest:
         drift=[
             DriftRow(column=f"c{i}", method="wasserstein", score=0.31234 + i, threshold=0.1)
             for i in range(7)
+        ],
+        quality=[
+            QualityRow(metric="rmse", current=121.81234, reference=55.6012),
+            QualityRow(metric="r2", current=None, reference=0.9),
         ],
         gate=[
             GateRow(metric="rmse", champion=61.23456789, candidate=48.0987654, passed=True),
@@ -100,6 +104,7 @@ def test_pending_is_a_card_per_request():
     assert first in stripped
     assert "c4 wasserstein 4.312 (threshold 0.1)\n           ... and 2 more" in stripped
     assert "c5 wasserstein" not in text
+    assert "quality:   rmse 121.8 (model's own 55.6)\n           r2 -" in stripped
 
 
 @pytest.fixture
