@@ -198,7 +198,7 @@ def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> 
     rel = project.config.data.path
     raw = _cached_bytes(project, md5)
     if raw is None and git_commit and git_commit != "unknown":
-        import dvc.api
+        import dvc.api  # here: a second to import, and only a cache miss needs it
 
         try:
             raw = dvc.api.read(rel, repo=str(project.root), rev=git_commit, mode="rb")

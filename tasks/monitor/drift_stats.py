@@ -11,7 +11,8 @@ Method choice, formulas, default thresholds and the direction of each comparison
 `evidently.legacy.calculations.stattests` (registry `_get_default_stattest`, `get_binned_data`,
 the `ks`, `wasserstein`, `jensenshannon`, `psi`, `chisquare` and `z` tests). Any other method a
 config names is run through Evidently's own `StatTest`. `tests/tasks/monitor/test_checks.py`
-proves the scores and verdicts equal the preset's.
+proves the scores and verdicts equal the preset's. scipy and Evidently are imported in the
+functions of the statistics that need them: a run pays only for its columns' methods.
 """
 
 from __future__ import annotations

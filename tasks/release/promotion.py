@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from prefect import get_client
+from prefect.exceptions import ObjectNotFound
+
 from config.loader import Project
 from tasks.approval.store import recorded_decision
 from tasks.commands import CommandError
@@ -71,9 +74,6 @@ def approved_candidate(project: Project, run_id: str) -> ApprovedCandidate:
 
 
 def _retrain_run(run_id: str):
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
     try:
         UUID(run_id)
     except ValueError:
