@@ -3,9 +3,11 @@ time from an approval to the new version answering; all on a fresh copy with its
 
 Cases, one JSON line each:
 
-* `serving` (per batch size 1 and 64): requests/s, rows/s, p50/p99 through nginx to the bento,
-  with capture on (blue slot, as configured) and off (green slot, `capture.sample_rate: 0`),
-  against `predict` on the same model file and rows in this process (one thread, the frame
+* `serving` (per batch size 1 and 64): requests/s, rows/s, p50/p99 of the driftloop bento on
+  its slot's own port, with capture on (blue slot, as configured) and off (green slot,
+  `capture.sample_rate: 0`), against the peer a user would otherwise write, a plain BentoML
+  service around the same pipeline (`bench/plain_service.py`, same threads, same port kind),
+  and against `predict` on the same model file and rows in this process (one thread, the frame
   built beforehand: the model's own cost; `..._from_records` adds building the feature frame
   from the JSON records, as the service does). Load comes from a second process (`bench.load`,
   closed loop, 8 in flight); the variants run round-robin in each repeat.
@@ -23,12 +25,15 @@ Usage: python bench/bench_serving.py [--size small|full] [--cases serving,rollfo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,20 +69,19 @@ def feature_records(live: Live, n: int) -> list[dict]:
 def inprocess(live: Live, records: list[dict], seconds: float) -> dict:
     """`predict` on the served model file, one thread, for `seconds`: the serving limit."""
     import joblib
-    import pandas as pd
 
     from model import artifacts
-    from model.frames import feature_frame
+    from model.schema import FeatureSchema, records_frame
 
     pipeline = joblib.load(live.project.resolve(artifacts.MODEL_FILE))
-    features = live.project.features
-    frame = feature_frame(pd.DataFrame.from_records(records), *features)
+    meta = json.loads(live.project.resolve(artifacts.MODEL_META).read_text())
+    schema = FeatureSchema.model_validate(meta["schema"])
+    frame = records_frame(records, schema, len(records))
     pipeline.predict(frame)  # warm-up
     calls = _loop(lambda: pipeline.predict(frame), seconds / 2)
     # the service's own path without HTTP: records to a feature frame, then predict
     served = _loop(
-        lambda: pipeline.predict(feature_frame(pd.DataFrame.from_records(records), *features)),
-        seconds / 2,
+        lambda: pipeline.predict(records_frame(records, schema, len(records))), seconds / 2
     )
     return {
         "rows_per_s": len(records) / float(np.mean(calls)),
@@ -96,12 +100,12 @@ def _loop(fn, seconds: float) -> list[float]:
     return calls
 
 
-def through_nginx(live: Live, records: list[dict], seconds: float, tmp: Path) -> dict:
+def under_load(url: str, records: list[dict], seconds: float, tmp: Path) -> dict:
     """Closed-loop load from a second process; requests/s, rows/s, p50/p99, failures."""
     body = json.dumps({"records": records}).encode()
     out = tmp / f"load-{time.monotonic_ns()}.json"
     process = start_load(
-        f"{live.url}/predict",
+        f"{url}/predict",
         body,
         out,
         concurrency=CONCURRENCY,
@@ -139,35 +143,68 @@ def wait_closed(port: int, timeout: float = 30) -> None:
         time.sleep(0.2)
 
 
-def route(live: Live, slot: str) -> None:
-    """Point nginx at `slot` and give the graceful reload a moment to take over."""
-    from tasks.release.serving import switch_traffic
+@contextlib.contextmanager
+def plain_service(live: Live) -> Iterator[str]:
+    """The peer: `bentoml serve bench.plain_service:Plain` on a free loopback port, with the
+    slots' math-library threads; its URL. Stopped by its process group when done."""
+    from model import artifacts
+    from tasks.commands import bin_path, tool_env
+    from tasks.release.serving import Server, stop_server, thread_env, wait_ready
+    from tests.support import free_port
 
-    switch_traffic(live.project, slot)
-    time.sleep(1.0)
+    port, root = free_port(), Path(__file__).resolve().parents[1]
+    log = live.project.state_dir / "logs" / f"plain-{port}.log"
+    env = tool_env(
+        {
+            "PLAIN_MODEL_FILE": str(live.project.resolve(artifacts.MODEL_FILE)),
+            "BENTOML_HOME": str(live.project.state_dir / "plain-bentoml"),
+            "BENTOML_DO_NOT_TRACK": "true",
+            **thread_env(live.project),
+        }
+    )
+    command = [bin_path("bentoml"), "serve", "bench.plain_service:Plain", "--host", "127.0.0.1"]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(bento="bench.plain_service:Plain", port=port, process=process, log=log)
+    try:
+        wait_ready(server, 120)
+        yield server.url
+    finally:
+        stop_server(server)
 
 
 # ---------------------------------------------------------------- cases
 def serving_cases(live: Live, size: str, tmp: Path) -> float:
     """Emit the serving lines; returns the batch-1 capacity (requests/s, capture on)."""
-    from tasks.release.serving import slot_port, start_slot, stop_slot
+    from tasks.release.serving import slot_port, slot_url, start_slot, stop_slot
 
     s = SETTINGS[size]
     start_slot(capture_off(live.project), "green", live.bento.tag)  # blue: capture on
     rows = {b: feature_records(live, b) for b in BATCHES}
     runs: dict[tuple[int, str], list[dict]] = {}
     try:
-        for _ in range(s["repeats"]):
-            for batch in BATCHES:
-                runs.setdefault((batch, "inproc"), []).append(
-                    inprocess(live, rows[batch], min(s["seconds"], 4.0))
-                )
-                for slot, name in (("blue", "on"), ("green", "off")):
-                    route(live, slot)
-                    result = through_nginx(live, rows[batch], s["seconds"], tmp)
-                    runs.setdefault((batch, name), []).append(result)
+        with plain_service(live) as plain:
+            urls = {
+                "on": slot_url(live.project, "blue"),
+                "off": slot_url(live.project, "green"),
+                "plain": plain,
+            }
+            for _ in range(s["repeats"]):
+                for batch in BATCHES:
+                    runs.setdefault((batch, "inproc"), []).append(
+                        inprocess(live, rows[batch], min(s["seconds"], 4.0))
+                    )
+                    for name, url in urls.items():
+                        result = under_load(url, rows[batch], s["seconds"], tmp)
+                        runs.setdefault((batch, name), []).append(result)
     finally:
-        route(live, "blue")
         stop_slot(live.project, "green")
         wait_closed(slot_port(live.project, "green"))
     lines = [serving_line(batch, s, runs) for batch in BATCHES]
@@ -182,14 +219,18 @@ def _med(runs: list[dict], key: str) -> float | None:
 
 
 def serving_line(batch: int, s: dict, runs: dict) -> dict:
-    inproc, on, off = (runs[(batch, k)] for k in ("inproc", "on", "off"))
+    inproc, on, off, plain = (runs[(batch, k)] for k in ("inproc", "on", "off", "plain"))
     rows_on, rows_off = _med(on, "rows_per_s"), _med(off, "rows_per_s")
-    rows_inproc = _med(inproc, "rows_per_s")
+    rows_inproc, rows_plain = _med(inproc, "rows_per_s"), _med(plain, "rows_per_s")
     capture_cost = round(1 - rows_on / rows_off, 3) if rows_off else None
     over_inproc = ratio(rows_on, rows_inproc)
-    goals = {"capture_cost": goal(capture_cost, "<=", 0.10)}
-    if batch >= 64:
-        goals["served_over_inprocess"] = goal(over_inproc, ">=", 0.5)
+    over_plain = ratio(rows_on, rows_plain)
+    p99_over_plain = ratio(_med(on, "p99_ms") or 0.0, _med(plain, "p99_ms") or 0.0)
+    goals = {
+        "capture_cost": goal(capture_cost, "<=", 0.03),
+        "served_over_plain": goal(over_plain, ">=", 0.95),
+        "p99_over_plain": goal(p99_over_plain, "<=", 1.1),
+    }
     return {
         "bench": "serving",
         "case": f"batch{batch}",
@@ -201,16 +242,21 @@ def serving_line(batch: int, s: dict, runs: dict) -> dict:
         "requests_per_s_capture_off": _med(off, "requests_per_s"),
         "rows_per_s_capture_on": rows_on,
         "rows_per_s_capture_off": rows_off,
+        "rows_per_s_plain": rows_plain,
         "rows_per_s_inprocess": rows_inproc,
         "rows_per_s_inprocess_from_records": _med(inproc, "records_rows_per_s"),
         "p50_ms_capture_on": _med(on, "p50_ms"),
         "p99_ms_capture_on": _med(on, "p99_ms"),
         "p50_ms_capture_off": _med(off, "p50_ms"),
         "p99_ms_capture_off": _med(off, "p99_ms"),
+        "p50_ms_plain": _med(plain, "p50_ms"),
+        "p99_ms_plain": _med(plain, "p99_ms"),
         "p50_ms_inprocess": _med(inproc, "p50_ms"),
         "p99_ms_inprocess": _med(inproc, "p99_ms"),
-        "failed": sum(r["failed"] for r in on + off),
+        "failed": sum(r["failed"] for r in on + off + plain),
         "capture_cost": capture_cost,
+        "served_over_plain": over_plain,
+        "p99_over_plain": p99_over_plain,
         "served_over_inprocess": over_inproc,
         "goals": goals,
     }

@@ -150,6 +150,13 @@ class ServingConfig(Section):
     threads: int = Field(
         1, ge=1, le=256, description="Math-library (OpenMP/BLAS) threads per bento server."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="BentoML worker processes per bento server, built into the bento; each "
+        "captures to its own files. One suits two cores: the load and the proxy need the other.",
+    )
     backend: Literal["local", "containerize", "kubernetes"] = Field(
         "local",
         description="local: blue/green slots behind the stack's nginx; containerize: also build "

@@ -205,6 +205,10 @@ class CaptureWriter:
 
     def __post_init__(self) -> None:
         self._rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.schemas}
+        self._tables: dict[str, dict[tuple[str, str], list[pa.Table]]] = {
+            kind: {} for kind in self.schemas
+        }
+        self._held = dict.fromkeys(self.schemas, 0)  # rows buffered per kind, in either form
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.dropped_by_kind = dict.fromkeys(self.schemas, 0)
@@ -222,32 +226,57 @@ class CaptureWriter:
         return self.sample_rate >= 1 or random.random() < self.sample_rate
 
     def add(self, kind: str, rows: Iterable[dict[str, Any]]) -> None:
+        """Rows as dicts (labels, tools); they become Arrow at the next flush."""
         rows = list(rows)
         with self._lock:
-            buffer = self._rows[kind]
-            room = max(self.max_buffer - len(buffer), 0)
-            buffer.extend(rows[:room])
+            room = max(self.max_buffer - self._held[kind], 0)
+            self._rows[kind].extend(rows[:room])
+            self._held[kind] += min(len(rows), room)
         if len(rows) > room:
             self._drop(kind, len(rows) - room, f"its buffer holds {self.max_buffer} rows")
 
+    def add_table(self, kind: str, table: pa.Table, times: list[datetime]) -> None:
+        """Rows already as Arrow columns, with their event times: the request path's way in,
+        no Python dict per row. The table is split by event hour here, once."""
+        with self._lock:
+            room = max(self.max_buffer - self._held[kind], 0)
+            kept = min(table.num_rows, room)
+            if kept:
+                buffer = self._tables[kind]
+                for key, part in by_partition(table.slice(0, kept), times[:kept]):
+                    buffer.setdefault(key, []).append(part)
+                self._held[kind] += kept
+        if table.num_rows > kept:
+            self._drop(kind, table.num_rows - kept, f"its buffer holds {self.max_buffer} rows")
+
     def flush(self) -> int:
         with self._lock:
-            taken, self._rows = self._rows, {kind: [] for kind in self.schemas}
+            rows, self._rows = self._rows, {kind: [] for kind in self.schemas}
+            tables, self._tables = self._tables, {kind: {} for kind in self.schemas}
+            self._held = dict.fromkeys(self.schemas, 0)
         written = 0
-        for kind, rows in taken.items():
+        for kind, schema in self.schemas.items():
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            for row in rows:
+            for row in rows[kind]:
                 groups.setdefault(partition(row["timestamp"]), []).append(row)
-            for (day, hour), group in groups.items():
-                try:
-                    write_part(self.root / kind / day / hour, group, self.schemas[kind])
-                except Exception as exc:  # a full disk or a bad row loses this group, not the rest
-                    self._drop(kind, len(group), f"writing {kind}/{day}/{hour} failed: {exc}")
-                else:
-                    written += len(group)
-            if groups:
+            for key, group in groups.items():
+                written += self._write(kind, key, len(group), pa.Table.from_pylist, group, schema)
+            for key, parts in tables[kind].items():
+                written += self._write(kind, key, sum(t.num_rows for t in parts), concat, parts)
+            if groups or tables[kind]:
                 touch_marker(self.root / kind)
         return written
+
+    def _write(self, kind: str, key: tuple[str, str], n: int, build, *args: Any) -> int:
+        """One partition's file; rows written, or 0 with the loss counted: a full disk or a bad
+        row loses this group, not the rest."""
+        day, hour = key
+        try:
+            write_table_part(self.root / kind / day / hour, build(*args))
+        except Exception as exc:
+            self._drop(kind, n, f"writing {kind}/{day}/{hour} failed: {exc}")
+            return 0
+        return n
 
     def close(self) -> None:
         self._stop.set()
@@ -283,11 +312,56 @@ def touch_marker(table: Path) -> None:
         (table / MARKER).touch()
 
 
-def write_part(directory: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
+def by_partition(table: pa.Table, times: list[datetime]) -> list[tuple[tuple[str, str], pa.Table]]:
+    """The table's rows by the dt=/hour= partition of their event times (one slice, usually)."""
+    first = times[0] if times else None
+    if all(t is first for t in times) or len(set(times)) == 1:
+        return [(partition(times[0]), table)] if times else []
+    rows: dict[tuple[str, str], list[int]] = {}
+    for i, when in enumerate(times):
+        rows.setdefault(partition(when), []).append(i)
+    return [(key, table.take(pa.array(index))) for key, index in rows.items()]
+
+
+def prediction_table(
+    features: Any,
+    predictions: list[Any],
+    probabilities: list[list[float]] | None,
+    ids: list[str],
+    times: list[datetime],
+    bento: str,
+    model: str,
+    schema: pa.Schema,
+) -> pa.Table:
+    """The predictions table of one request, column by column from its feature frame (a
+    DataFrame of float64 and string columns; NaN becomes null), as `prediction_rows` would."""
+    struct = schema.field("features").type
+    columns = [pa.array(features[f.name].to_numpy(), type=f.type, from_pandas=True) for f in struct]
+    n = len(ids)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.array(times, schema.field("timestamp").type),
+            pa.array([bento] * n, pa.string()),
+            pa.array([model] * n, pa.string()),
+            pa.StructArray.from_arrays(columns, fields=list(struct)),
+            pa.array(predictions, schema.field("prediction").type),
+            pa.array(probabilities, schema.field("probabilities").type)
+            if probabilities is not None
+            else pa.nulls(n, schema.field("probabilities").type),
+        ],
+        schema=schema,
+    )
+
+
+def concat(parts: list[pa.Table]) -> pa.Table:
+    return pa.concat_tables(parts)
+
+
+def write_table_part(directory: Path, table: pa.Table) -> Path:
     """One parquet file, written to a temp name and renamed so readers never see half of it."""
     directory.mkdir(parents=True, exist_ok=True)
     name = f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
-    table = pa.Table.from_pylist(rows, schema=schema)
     tmp = directory / f".{name}.tmp"
     pq.write_table(table, tmp)
     tmp.replace(directory / name)

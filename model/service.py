@@ -42,23 +42,19 @@ from model.capture import (
     capture_schema,
     label_rows,
     now_utc,
-    prediction_rows,
+    prediction_table,
 )
-from model.frames import feature_frame
-from model.schema import (
-    FeatureSchema,
-    InputError,
-    validate_ids,
-    validate_labels,
-    validate_records,
-)
+from model.schema import FeatureSchema, InputError, records_frame, validate_ids, validate_labels
 
 log = logging.getLogger("driftloop.service")
 
 
 class BuildArgs(pydantic.BaseModel):
+    """`bentoml build --arg` values, from config/driftloop.yaml (serving.*) via build_bento."""
+
     model_tag: str = ""
     max_batch: int = 1000
+    workers: int = 1
 
 
 ARGS = bentoml.use_arguments(BuildArgs)
@@ -110,7 +106,7 @@ async def _reply(send: Any, status: int, error: str, bearer: bool = False) -> No
     await send({"type": "http.response.body", "body": body})
 
 
-@bentoml.service(traffic={"timeout": 30}, workers=1)
+@bentoml.service(traffic={"timeout": 30}, workers=ARGS.workers)
 class Predictor:
     model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
@@ -153,11 +149,8 @@ class Predictor:
         so it cannot pass for production traffic in the monitor's windows.
         """
         try:
-            validate_records(records, self.schema, ARGS.max_batch)
+            features = records_frame(records, self.schema, ARGS.max_batch)
             ids, times = self._ids_and_times(len(records), ids, timestamps)
-            features = feature_frame(
-                pd.DataFrame.from_records(records), self.schema.numeric, self.schema.categorical
-            )
             predictions, probabilities = self._predict(features)
         except InputError as exc:
             raise InvalidArgument(str(exc)) from None
@@ -246,15 +239,20 @@ class Predictor:
         return raw.tolist(), proba
 
     def _record(self, features: pd.DataFrame, predictions, probabilities, ids, times) -> None:
-        typed = features.astype(object).where(features.notna(), None).to_dict(orient="records")
+        """Hand the request's columns to the background writer as one Arrow table."""
         if self.schema.task != "regression":
             predictions = [str(p) for p in predictions]
-        self.capture.add(
-            PREDICTIONS,
-            prediction_rows(
-                typed, predictions, probabilities, ids, times, self.bento, self.model_tag
-            ),
+        table = prediction_table(
+            features,
+            predictions,
+            probabilities,
+            ids,
+            times,
+            self.bento,
+            self.model_tag,
+            self.capture.schemas[PREDICTIONS],
         )
+        self.capture.add_table(PREDICTIONS, table, times)
 
 
 Predictor.add_asgi_middleware(CaptureGuard)

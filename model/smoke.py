@@ -11,12 +11,11 @@ import json
 import sys
 
 import bentoml
-import pandas as pd
 
 from config.loader import Project
 from model import artifacts
-from model.frames import feature_frame, read_table
-from model.schema import FeatureSchema
+from model.frames import read_table
+from model.schema import FeatureSchema, records_frame
 from model.stage import run_stage
 
 
@@ -39,7 +38,7 @@ def offline(project: Project, model_tag: str, rows: int) -> dict:
     schema = FeatureSchema.model_validate(meta["schema"])
     records = sample_records(project, schema, rows)
     pipeline = bentoml.sklearn.load_model(stored)
-    features = feature_frame(pd.DataFrame.from_records(records), schema.numeric, schema.categorical)
+    features = records_frame(records, schema, max_batch=len(records))
     return {"records": records, "predictions": pipeline.predict(features).tolist()}
 
 

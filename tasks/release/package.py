@@ -121,6 +121,8 @@ def build_bento(
         f"model_tag={model_tag}",
         "--arg",
         f"max_batch={project.config.serving.max_batch}",
+        "--arg",
+        f"workers={project.config.serving.workers}",
         "-o",
         "tag",
     ]

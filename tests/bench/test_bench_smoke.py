@@ -78,8 +78,11 @@ def test_serving_rollforward_and_approval():
     for line in serving.values():
         assert line["failed"] == 0
         assert line["requests_per_s_capture_on"] > 0 and line["requests_per_s_capture_off"] > 0
-        assert line["rows_per_s_inprocess"] > 0
-    assert "served_over_inprocess" in serving[64]["goals"]
+        assert line["rows_per_s_inprocess"] > 0 and line["rows_per_s_plain"] > 0
+        assert set(line["goals"]) == {"capture_cost", "served_over_plain", "p99_over_plain"}
+        assert line["served_over_plain"] == round(
+            line["rows_per_s_capture_on"] / line["rows_per_s_plain"], 3
+        )
     (roll,) = by_bench(lines, "rollforward")
     assert roll["new_bento_answering"] and roll["switch_requests"] > 0
     (approval,) = by_bench(lines, "approval_to_serving")

@@ -18,6 +18,7 @@ from model.capture import (
     capture_schema,
     label_rows,
     prediction_rows,
+    prediction_table,
 )
 from tasks.capture import read_window
 
@@ -293,3 +294,46 @@ def test_an_age_limit_past_year_one_leaves_1970_the_floor():
 
     now = datetime(2026, 6, 1, tzinfo=UTC)
     assert EventWindow(max_age_days=1e9).check("1970-01-01T00:00:00Z", now).year == 1970
+
+
+def test_a_request_handed_over_as_columns_reads_back_as_the_same_rows(tmp_path):
+    """The service's path (`prediction_table`, `add_table`) stores what dict rows would."""
+    by_rows, by_columns = project(tmp_path / "rows"), project(tmp_path / "columns")
+    feats = pd.DataFrame({"x": [0.5, float("nan"), 2.0], "c": ["a", float("nan"), "b"]}).astype(
+        {"c": object}
+    )
+    times = [T0, T0, T0 + timedelta(hours=1)]  # two partitions
+    ids, predictions = ["r0", "r1", "r2"], [1.0, 2.0, 3.0]
+    w = writer(by_rows)
+    typed = [{"x": 0.5, "c": "a"}, {"x": None, "c": None}, {"x": 2.0, "c": "b"}]
+    w.add(PREDICTIONS, prediction_rows(typed, predictions, None, ids, times, "b:1", "m:1"))
+    w.close()
+    w = writer(by_columns)
+    schema = w.schemas[PREDICTIONS]
+    table = prediction_table(feats, predictions, None, ids, times, "b:1", "m:1", schema)
+    w.add_table(PREDICTIONS, table, times)
+    w.close()
+    window = (T0, T0 + timedelta(hours=2))
+    expected = read_window(by_rows, *window).frame.sort_values("inference_id")
+    got = read_window(by_columns, *window).frame.sort_values("inference_id")
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    assert got["inference_id"].tolist() == ids and got["c"].isna().tolist() == [False, True, False]
+    parts = sorted(p.parent.name for p in (tmp_path / "columns").rglob("*.parquet"))
+    assert parts == ["hour=08", "hour=09"]
+
+
+def test_columns_past_the_buffer_are_dropped_and_counted(tmp_path):
+    proj = project(tmp_path)
+    w = writer(proj, max_buffer=4)
+    feats = pd.DataFrame({"x": [1.0] * 3, "c": ["a"] * 3}).astype({"c": object})
+    schema = w.schemas[PREDICTIONS]
+    for k in range(2):
+        ids = [f"{k}-{i}" for i in range(3)]
+        w.add_table(
+            PREDICTIONS,
+            prediction_table(feats, [0.0] * 3, None, ids, [T0] * 3, "b:1", "m:1", schema),
+            [T0] * 3,
+        )
+    assert w.dropped == 2
+    w.close()
+    assert read_window(proj, T0, T0 + timedelta(seconds=1)).rows == 4
