@@ -135,6 +135,19 @@ class EvaluateConfig(Section):
     primary: str | None = Field(None, description="The metric the gate compares; default: first.")
 
 
+class BatchingConfig(Section):
+    """BentoML's adaptive batching of concurrent requests into one model call (built in)."""
+
+    enabled: bool = Field(False, description="Merge concurrent requests into one predict.")
+    max_batch_size: int = Field(64, ge=1, le=100_000, description="Rows per merged call.")
+    max_latency_ms: int = Field(
+        1000,
+        ge=10,
+        le=60_000,
+        description="BentoML answers 503 once a request would wait longer: keep it generous.",
+    )
+
+
 class ServingConfig(Section):
     host: str = Field("127.0.0.1", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
     port: int = Field(3000, ge=1, le=65535, description="The port clients use (nginx).")
@@ -157,6 +170,7 @@ class ServingConfig(Section):
         description="BentoML worker processes per bento server, built into the bento; each "
         "captures to its own files. One suits two cores: the load and the proxy need the other.",
     )
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
     backend: Literal["local", "containerize", "kubernetes"] = Field(
         "local",
         description="local: blue/green slots behind the stack's nginx; containerize: also build "

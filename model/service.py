@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 import pandas as pd
 import pydantic
 from bentoml.exceptions import InvalidArgument
@@ -55,6 +56,9 @@ class BuildArgs(pydantic.BaseModel):
     model_tag: str = ""
     max_batch: int = 1000
     workers: int = 1
+    batching: bool = False  # BentoML's adaptive batching across concurrent requests
+    max_batch_size: int = 64
+    max_latency_ms: int = 1000
 
 
 ARGS = bentoml.use_arguments(BuildArgs)
@@ -106,15 +110,95 @@ async def _reply(send: Any, status: int, error: str, bearer: bool = False) -> No
     await send({"type": "http.response.body", "body": body})
 
 
-@bentoml.service(traffic={"timeout": 30}, workers=ARGS.workers)
-class Predictor:
+def stored_schema(stored: Any) -> FeatureSchema:
+    """The feature schema the stored model carries (model/register.py puts it there)."""
+    return FeatureSchema.model_validate(
+        json.loads(stored.info.metadata["driftloop_meta"])["schema"]
+    )
+
+
+def model_outputs(pipeline: Any, schema: FeatureSchema, features: pd.DataFrame):
+    """Raw predictions (and class probabilities) as arrays; InputError when the model cannot
+    give finite ones for these values (a number far beyond anything it was trained on, say)."""
+    try:
+        raw = pipeline.predict(features)
+        proba = None
+        if schema.task != "regression" and hasattr(pipeline, "predict_proba"):
+            proba = pipeline.predict_proba(features)
+    except (ValueError, OverflowError, FloatingPointError) as exc:
+        if isinstance(exc, ValueError) and not TOO_EXTREME.search(str(exc)):
+            raise  # not the input's fault: a 500, which the roll-forward watch counts
+        log.warning("the model refused a request's features: %s", exc)
+        raise InputError(f"records: the model cannot use these values ({str(exc)[:200]})") from None
+    return raw, proba
+
+
+@bentoml.service(traffic={"timeout": 30}, workers=1)
+class BatchedModel:
+    """The model behind BentoML's adaptive batching (`serving.batching`): concurrent requests'
+    validated rows become one `predict`; each request gets its own rows back. A row the model
+    refuses is marked, never raised, so only its own request fails.
+
+    Rows travel as 2-D object arrays (features in schema order; out: prediction, refusal, class
+    probabilities): BentoML 1.4.39 cannot batch DataFrames (its container's `get_batch_size`
+    returns the shape, and the dispatcher fails on it)."""
+
     model_ref = bentoml.models.BentoModel(ARGS.model_tag)
 
     def __init__(self) -> None:
+        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
+        self.schema = stored_schema(self.model_ref)
+
+    @bentoml.api(
+        batchable=True, max_batch_size=ARGS.max_batch_size, max_latency_ms=ARGS.max_latency_ms
+    )
+    def infer(self, rows: np.ndarray) -> np.ndarray:
+        features = frame_of(rows, self.schema)
+        try:
+            raw, proba = model_outputs(self.pipeline, self.schema, features)
+        except InputError:  # someone's values: find whose, row by row
+            return np.concatenate([self.infer_one(features.iloc[[i]]) for i in range(len(rows))])
+        return outputs(raw, proba, [""] * len(rows))
+
+    def infer_one(self, row: pd.DataFrame) -> np.ndarray:
+        try:
+            raw, proba = model_outputs(self.pipeline, self.schema, row)
+        except InputError as exc:
+            width = len(self.schema.classes or []) if self.schema.task != "regression" else 0
+            return outputs(np.array([np.nan]), np.full((1, width), np.nan), [str(exc)])
+        return outputs(raw, proba, [""])
+
+
+def frame_of(rows: np.ndarray, schema: FeatureSchema) -> pd.DataFrame:
+    """The feature frame back from its object array: numbers float64, categories strings."""
+    frame = pd.DataFrame(rows, columns=[*schema.numeric, *schema.categorical])
+    return frame.astype(dict.fromkeys(schema.numeric, "float64"))
+
+
+def outputs(raw, proba, refused: list[str]) -> np.ndarray:
+    """One row per input: prediction, refusal ("" when none), then each class probability."""
+    columns = [np.asarray(raw, dtype=object), np.asarray(refused, dtype=object)]
+    if proba is not None:
+        columns += list(np.asarray(proba, dtype=object).T)
+    return np.column_stack(columns)
+
+
+# BentoML runs a sync API one request at a time per worker (`threads`, default 1): right for
+# the model's own CPU work; with batching the requests must wait for the batcher together
+CONCURRENT_REQUESTS = min(ARGS.max_batch_size, 64) if ARGS.batching else 1
+
+
+@bentoml.service(traffic={"timeout": 30}, workers=ARGS.workers, threads=CONCURRENT_REQUESTS)
+class Predictor:
+    model_ref = bentoml.models.BentoModel(ARGS.model_tag)
+    if ARGS.batching:
+        batched = bentoml.depends(BatchedModel)
+
+    def __init__(self) -> None:
         stored = self.model_ref  # resolved to the stored model when the service starts
-        self.pipeline = bentoml.sklearn.load_model(stored)
-        meta = json.loads(stored.info.metadata["driftloop_meta"])
-        self.schema = FeatureSchema.model_validate(meta["schema"])
+        self.schema = stored_schema(stored)
+        # with batching the model lives in BatchedModel's process only
+        self.pipeline = None if ARGS.batching else bentoml.sklearn.load_model(stored)
         self.model_tag = str(stored.tag)
         self.bento = f"{bentoml.server_context.bento_name}:{bentoml.server_context.bento_version}"
         capture_counters()  # on /metrics from the start, at zero
@@ -209,20 +293,12 @@ class Predictor:
         return ids, times
 
     def _predict(self, features: pd.DataFrame) -> tuple[list, list | None]:
-        """Predictions (and class probabilities); InputError when the model cannot give finite
-        ones for these values (a number far beyond anything it was trained on, say)."""
-        try:
-            raw = self.pipeline.predict(features)
-            proba = None
-            if self.schema.task != "regression" and hasattr(self.pipeline, "predict_proba"):
-                proba = self.pipeline.predict_proba(features)
-        except (ValueError, OverflowError, FloatingPointError) as exc:
-            if isinstance(exc, ValueError) and not TOO_EXTREME.search(str(exc)):
-                raise  # not the input's fault: a 500, which the roll-forward watch counts
-            log.warning("the model refused a request's features: %s", exc)
-            raise InputError(
-                f"records: the model cannot use these values ({str(exc)[:200]})"
-            ) from None
+        """Predictions (and class probabilities) for this request's rows: from the model here,
+        or through the adaptive batcher; InputError when the model cannot use the values."""
+        if ARGS.batching:
+            raw, proba = self._batched(features)
+        else:
+            raw, proba = model_outputs(self.pipeline, self.schema, features)
         if self.schema.task == "regression":
             bad = [i for i, p in enumerate(raw) if not math.isfinite(float(p))]
             if bad:
@@ -237,6 +313,15 @@ class Predictor:
                 )
             proba = proba.round(6).tolist()
         return raw.tolist(), proba
+
+    def _batched(self, features: pd.DataFrame):
+        out = self.batched.infer(features.to_numpy(dtype=object))
+        refused = [reason for reason in out[:, 1] if reason]
+        if refused:
+            raise InputError(refused[0])
+        raw = np.asarray(out[:, 0].tolist())  # the dtype `predict` would have given
+        proba = out[:, 2:].astype("float64") if out.shape[1] > 2 else None
+        return raw, proba
 
     def _record(self, features: pd.DataFrame, predictions, probabilities, ids, times) -> None:
         """Hand the request's columns to the background writer as one Arrow table."""

@@ -123,6 +123,7 @@ def build_bento(
         f"max_batch={project.config.serving.max_batch}",
         "--arg",
         f"workers={project.config.serving.workers}",
+        *batching_args(project),
         "-o",
         "tag",
     ]
@@ -138,6 +139,17 @@ def build_bento(
     if not match:
         raise CommandError(f"`bentoml build` printed no tag:\n{out[-500:]}")
     return Bento(tag=match.group(1), model_tag=model_tag, labels=labels)
+
+
+def batching_args(project: Project) -> list[str]:
+    """The adaptive-batching build arguments of model/service.py, from `serving.batching`."""
+    batching = project.config.serving.batching
+    values = {
+        "batching": str(batching.enabled).lower(),
+        "max_batch_size": batching.max_batch_size,
+        "max_latency_ms": batching.max_latency_ms,
+    }
+    return [part for key, value in values.items() for part in ("--arg", f"{key}={value}")]
 
 
 LINEAGE_KEYS = ("data_rev", "git_commit", "git_dirty", "params_hash")
