@@ -11,6 +11,8 @@ Cases, one JSON line each:
   built beforehand: the model's own cost; `..._from_records` adds building the feature frame
   from the JSON records, as the service does). Load comes from a second process (`bench.load`,
   closed loop, 8 in flight); the variants run round-robin in each repeat.
+* `batching` (8 and 32 batch-1 requests in flight): the bento built with adaptive batching
+  (`serving.batching`, capture on) on a port of its own, against the plain peer.
 * `rollforward`: a steady paced load (half the batch-1 capacity just measured) through nginx
   while `tasks.release.rollout.go_live` puts a new bento into service: failed requests, and the p99
   from the start of the switch to two seconds after it against the p99 of the steady seconds
@@ -19,7 +21,8 @@ Cases, one JSON line each:
   answers with the new bento, against the sum of the unavoidable parts measured right after it
   in this run: `bentoml build` of the same model, and a `bentoml serve` of it until `/readyz`.
 
-Usage: python bench/bench_serving.py [--size small|full] [--cases serving,rollforward,approval]
+Usage: python bench/bench_serving.py [--size small|full]
+       [--cases serving,batching,rollforward,approval]
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ SETTINGS = {
 }
 BATCHES = (1, 64)
 CONCURRENCY = 8  # requests in flight for throughput (closed loop)
+BATCHING_CONCURRENCY = (8, 32)  # batch-1 requests in flight against the adaptive batcher
 ROLL_SHARE = 0.5  # the roll-forward's load: this share of the measured batch-1 capacity
 ROLL_RATE = 20.0  # requests/s when capacity was not measured in this run
 SWITCH_TAIL_S = 2.0  # the switch window ends this long after go_live returns
@@ -100,7 +104,9 @@ def _loop(fn, seconds: float) -> list[float]:
     return calls
 
 
-def under_load(url: str, records: list[dict], seconds: float, tmp: Path) -> dict:
+def under_load(
+    url: str, records: list[dict], seconds: float, tmp: Path, concurrency: int = CONCURRENCY
+) -> dict:
     """Closed-loop load from a second process; requests/s, rows/s, p50/p99, failures."""
     body = json.dumps({"records": records}).encode()
     out = tmp / f"load-{time.monotonic_ns()}.json"
@@ -108,7 +114,7 @@ def under_load(url: str, records: list[dict], seconds: float, tmp: Path) -> dict
         f"{url}/predict",
         body,
         out,
-        concurrency=CONCURRENCY,
+        concurrency=concurrency,
         max_requests=MAX_REQUESTS,
         max_seconds=seconds,
     )
@@ -121,6 +127,16 @@ def under_load(url: str, records: list[dict], seconds: float, tmp: Path) -> dict
         "p99_ms": done.percentile_ms(99),
         "failed": done.failed,
     }
+
+
+def batching_on(project, capture: Path):
+    """The same project with adaptive batching built in, capturing to its own store."""
+    cfg = project.config
+    batching = cfg.serving.batching.model_copy(update={"enabled": True})
+    serving = cfg.serving.model_copy(update={"batching": batching})
+    store = cfg.capture.model_copy(update={"path": str(capture)})
+    config = cfg.model_copy(update={"serving": serving, "capture": store})
+    return dataclasses.replace(project, config=config)
 
 
 def capture_off(project):
@@ -211,6 +227,55 @@ def serving_cases(live: Live, size: str, tmp: Path) -> float:
     for line in lines:
         emit(line)
     return lines[0]["requests_per_s_capture_on"] or ROLL_RATE / ROLL_SHARE
+
+
+def batching_case(live: Live, size: str, tmp: Path) -> None:
+    """Batch-1 requests, 8 and 32 in flight, against a bento built with adaptive batching
+    (capture on) and the plain peer; one line per concurrency."""
+    from tasks.release.package import build_bento
+    from tasks.release.serving import start_server, stop_server
+    from tests.support import free_port
+
+    s = SETTINGS[size]
+    project = batching_on(live.project, tmp / "batched-capture")
+    time.sleep(1.1)  # release versions are stamped to the second
+    bento = build_bento(project, live.bento.model_tag)
+    server = start_server(project, bento.tag, free_port())
+    records = feature_records(live, 1)
+    runs: dict[tuple[int, str], list[dict]] = {}
+    try:
+        with plain_service(live) as plain:
+            for _ in range(s["repeats"]):
+                for concurrency in BATCHING_CONCURRENCY:
+                    for name, url in (("batched", server.url), ("plain", plain)):
+                        result = under_load(url, records, s["seconds"], tmp, concurrency)
+                        runs.setdefault((concurrency, name), []).append(result)
+    finally:
+        stop_server(server)
+    for concurrency in BATCHING_CONCURRENCY:
+        batched, plain_runs = runs[(concurrency, "batched")], runs[(concurrency, "plain")]
+        over_plain = ratio(_med(batched, "rows_per_s") or 0.0, _med(plain_runs, "rows_per_s"))
+        p99_over_plain = ratio(_med(batched, "p99_ms") or 0.0, _med(plain_runs, "p99_ms") or 0.0)
+        emit(
+            {
+                "bench": "batching",
+                "case": f"batch1-inflight{concurrency}",
+                "concurrency": concurrency,
+                "max_batch_size": project.config.serving.batching.max_batch_size,
+                "max_latency_ms": project.config.serving.batching.max_latency_ms,
+                "requests_per_s_batched": _med(batched, "requests_per_s"),
+                "requests_per_s_plain": _med(plain_runs, "requests_per_s"),
+                "p99_ms_batched": _med(batched, "p99_ms"),
+                "p99_ms_plain": _med(plain_runs, "p99_ms"),
+                "failed": sum(r["failed"] for r in batched + plain_runs),
+                "batched_over_plain": over_plain,
+                "p99_over_plain": p99_over_plain,
+                "goals": {
+                    "batched_over_plain": goal(over_plain, ">=", 2.0),
+                    "p99_over_plain": goal(p99_over_plain, "<=", 1.0),
+                },
+            }
+        )
 
 
 def _med(runs: list[dict], key: str) -> float | None:
@@ -405,7 +470,7 @@ def approval_case(live: Live) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=("small", "full"), default="full")
-    parser.add_argument("--cases", default="serving,rollforward,approval")
+    parser.add_argument("--cases", default="serving,batching,rollforward,approval")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
     with tempfile.TemporaryDirectory(prefix="bench_serving_") as tmp:
@@ -415,6 +480,8 @@ def main() -> None:
             rate = ROLL_RATE
             if "serving" in cases:
                 rate = ROLL_SHARE * serving_cases(live, args.size, loads)
+            if "batching" in cases:
+                batching_case(live, args.size, loads)
             if "rollforward" in cases:
                 rollforward_case(live, args.size, loads, rate)
             if "approval" in cases:

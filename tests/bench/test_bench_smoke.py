@@ -83,6 +83,11 @@ def test_serving_rollforward_and_approval():
         assert line["served_over_plain"] == round(
             line["rows_per_s_capture_on"] / line["rows_per_s_plain"], 3
         )
+    batching = {line["concurrency"]: line for line in by_bench(lines, "batching")}
+    assert set(batching) == {8, 32}
+    for line in batching.values():
+        assert line["failed"] == 0 and line["requests_per_s_batched"] > 0
+        assert set(line["goals"]) == {"batched_over_plain", "p99_over_plain"}
     (roll,) = by_bench(lines, "rollforward")
     assert roll["new_bento_answering"] and roll["switch_requests"] > 0
     (approval,) = by_bench(lines, "approval_to_serving")
