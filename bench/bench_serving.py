@@ -363,6 +363,7 @@ def rollforward_case(live: Live, size: str, tmp: Path, rate: float) -> None:
             "rate_per_s": round(rate, 1),
             "requests": len(done.status),
             "failed": done.failed,
+            "failures": done.errors,  # by kind: HTTP status or exception
             "switch_s": round(switch_end - switch_start, 3),
             "steady_requests": len(steady.status),
             "switch_requests": len(switch.status),
