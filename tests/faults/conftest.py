@@ -110,6 +110,16 @@ def kill_tree(pid: int) -> None:
             os.kill(victim, signal.SIGKILL)
 
 
+def kill_run(run_id: str, seconds: float = 10) -> None:
+    """SIGKILL every process of a flow run, again until none is left: a child the run started
+    just as its parent was killed would otherwise outlive it, which a lost host never allows."""
+    deadline = time.monotonic() + seconds
+    while (pids := flow_pids(run_id)) and time.monotonic() < deadline:
+        for pid in pids:
+            kill_tree(pid)
+        time.sleep(0.05)
+
+
 def bentos(project) -> set[str]:
     """Tags of the bentos in the project's BentoML store."""
     import json

@@ -14,7 +14,7 @@ from tests.faults.conftest import (
     descendants,
     flow_pids,
     flow_run,
-    kill_tree,
+    kill_run,
     request_hash,
     task_states,
     wait_until,
@@ -58,8 +58,7 @@ def test_kill_9_during_a_retrain_step(retrain_rig, step):
     run_id = start_retrain.fn(project, f"test: kill -9 at {step}", None)
     wait_until(lambda: reached(run_id, step), 300, f"the retrain reaching {step}", every=0.1)
 
-    for pid in flow_pids(run_id):
-        kill_tree(pid)
+    kill_run(run_id)
     killed_at = time.monotonic()
     state = wait_until(
         lambda: (s := flow_run(run_id).state) is not None and s.is_final() and s,

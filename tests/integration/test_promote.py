@@ -24,6 +24,7 @@ from tests.faults.conftest import (
     deploy,
     flow_pids,
     flow_run,
+    kill_run,
     kill_tree,
     start_worker,
     stop_worker,
@@ -404,6 +405,7 @@ def test_promote_killed_at_a_step_is_undone_by_its_crash_hook(
         assert set(victims) <= started, "the flow runs outside the test's worker"
         for pid in victims:  # the run's own process, started by the test's worker
             kill_tree(pid)
+        kill_run(flow_run_id)  # and any child it started just then
         # nothing undone yet: only the crash handling that follows can do it
         assert sum(a.stage == "interrupted" for a in attempts(project)) == interrupted
 
