@@ -241,7 +241,9 @@ def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
     before = read_serving(project)
     service = project.root / "model/service.py"
     original = service.read_text()
-    anchor = "        try:\n            validate_records(records, self.schema, ARGS.max_batch)"
+    anchor = (
+        "        try:\n            features = records_frame(records, self.schema, ARGS.max_batch)"
+    )
     assert anchor in original
     fault = '        if len(records) == 2:\n            raise RuntimeError("fault")\n'
     service.write_text(original.replace(anchor, fault + anchor))
