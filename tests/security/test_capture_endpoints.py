@@ -77,9 +77,18 @@ class Served:
         return read_window(self.project, *EVER).frame, labels
 
     def settled(self, seconds: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The capture after the flush thread has had its ticks (flush_seconds is 0.2 here)."""
+        """The capture once the flush thread has had its ticks (flush_seconds is 0.2 here) and
+        two reads half a second apart agree: a loaded machine may still be writing a previous
+        test's rows after a fixed wait."""
         time.sleep(seconds)
-        return self.captured()
+        last, deadline = self.captured(), time.monotonic() + 15
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            now = self.captured()
+            if [len(frame) for frame in now] == [len(frame) for frame in last]:
+                return now
+            last = now
+        return last
 
 
 def own_capture(project: Project, root: Path) -> Project:
