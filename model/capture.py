@@ -262,7 +262,8 @@ class CaptureWriter:
             for key, group in groups.items():
                 written += self._write(kind, key, len(group), pa.Table.from_pylist, group, schema)
             for key, parts in tables[kind].items():
-                written += self._write(kind, key, sum(t.num_rows for t in parts), concat, parts)
+                n = sum(t.num_rows for t in parts)
+                written += self._write(kind, key, n, pa.concat_tables, parts)
             if groups or tables[kind]:
                 touch_marker(self.root / kind)
         return written
@@ -314,8 +315,7 @@ def touch_marker(table: Path) -> None:
 
 def by_partition(table: pa.Table, times: list[datetime]) -> list[tuple[tuple[str, str], pa.Table]]:
     """The table's rows by the dt=/hour= partition of their event times (one slice, usually)."""
-    first = times[0] if times else None
-    if all(t is first for t in times) or len(set(times)) == 1:
+    if len(set(times)) <= 1:
         return [(partition(times[0]), table)] if times else []
     rows: dict[tuple[str, str], list[int]] = {}
     for i, when in enumerate(times):
@@ -352,10 +352,6 @@ def prediction_table(
         ],
         schema=schema,
     )
-
-
-def concat(parts: list[pa.Table]) -> pa.Table:
-    return pa.concat_tables(parts)
 
 
 def write_table_part(directory: Path, table: pa.Table) -> Path:
