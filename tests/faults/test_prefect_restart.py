@@ -130,8 +130,15 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
             with get_client(sync_client=True) as client:
                 assert client.read_flow_run(run.run_id).state.is_paused()
 
-        result = submit_decision(
-            project, run.run_id, "approve", "alice", "cli", "after restarts", run.hash
+        result = submit_with_retries(
+            submit_decision,
+            project,
+            run.run_id,
+            "approve",
+            "alice",
+            "cli",
+            "after restarts",
+            run.hash,
         )
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=120)
@@ -147,6 +154,19 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
         assert decided == [("approve", "alice", "cli")]
     finally:
         run.close()
+
+
+def submit_with_retries(submit, *args):
+    """A CLI decision with the client's default retries back on.
+
+    The retries are off in this module for the waiting flow only. Just after a restart the
+    server can answer 503 while SQLite is busy; `driftloop approve` rides that out with the
+    client's own retries, and so does this."""
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    default = PREFECT_CLIENT_MAX_RETRIES.default()
+    with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: default}):
+        return submit(*args)
 
 
 def start_stub(project, candidate: str, timeout: float = 300):
@@ -185,7 +205,9 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
         server.stop()
         server.start()
         assert back.wait(30), "the waiting flow did not notice the restart"
-        result = submit_decision(project, run.run_id, "reject", "alice", "cli", "no", run.hash)
+        result = submit_with_retries(
+            submit_decision, project, run.run_id, "reject", "alice", "cli", "no", run.hash
+        )
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=60)
         assert (outcome["outcome"], outcome["comment"]) == ("reject", "no")
@@ -220,7 +242,9 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
         restart.join(150)  # the server is up again
         run.request = run.wait_pending(60)
         assert len(set(keys)) == 2, keys  # the first pause failed, the second one waits
-        result = submit_decision(project, run.run_id, "approve", "alice", "cli", "", run.hash)
+        result = submit_with_retries(
+            submit_decision, project, run.run_id, "approve", "alice", "cli", "", run.hash
+        )
         assert result.status == "recorded", result.message
         assert run.result(timeout=60)["outcome"] == "approve"
     finally:

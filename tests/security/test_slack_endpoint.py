@@ -529,9 +529,19 @@ def test_slow_clients_are_cut_in_time_while_a_signed_click_is_answered(server, s
 
     assert all(a.startswith(b"HTTP/1.1 408 ") for _, a in bodies), [a[:40] for _, a in bodies]
     assert all(BODY_TIMEOUT - 0.5 <= took <= BODY_TIMEOUT + 3 for took, _ in bodies), bodies
-    timed_out = [took for took, answer in headers if answer.startswith(b"HTTP/1.1 408 ")]
+    # A drip byte that reaches the socket just as the server closes it makes the kernel answer
+    # with a reset, which discards the 408 or 503 before the client reads it: such a connection
+    # is told apart by when it was closed.
+    late = HEADER_TIMEOUT - 0.5
+    timed_out = [
+        t for t, a in headers if a.startswith(b"HTTP/1.1 408 ") or (a == b"<reset>" and t >= late)
+    ]
     # closed to make room: told 503 (or just closed, had its first bytes not arrived yet)
-    made_room = [took for took, a in headers if a.startswith(b"HTTP/1.1 503 ") or a == b""]
+    made_room = [
+        t
+        for t, a in headers
+        if a.startswith(b"HTTP/1.1 503 ") or a == b"" or (a == b"<reset>" and t < late)
+    ]
     assert len(timed_out) + len(made_room) == 200, {a for _, a in headers}
     # the cap holds 100: 20 bodies in progress and at most the last 80 header tricklers
     assert 60 <= len(timed_out) <= MAX_CONNECTIONS - 20
