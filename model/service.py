@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import numpy as np
 import pandas as pd
 import pydantic
 from bentoml.exceptions import InvalidArgument
 
+from model.batching import FrameBatcher
 from model.capture import (
     CAPTURE_DIR_ENV,
     FLUSH_SECONDS_ENV,
@@ -133,56 +133,6 @@ def model_outputs(pipeline: Any, schema: FeatureSchema, features: pd.DataFrame):
     return raw, proba
 
 
-@bentoml.service(traffic={"timeout": 30}, workers=1)
-class BatchedModel:
-    """The model behind BentoML's adaptive batching (`serving.batching`): concurrent requests'
-    validated rows become one `predict`; each request gets its own rows back. A row the model
-    refuses is marked, never raised, so only its own request fails.
-
-    Rows travel as 2-D object arrays (features in schema order; out: prediction, refusal, class
-    probabilities): BentoML 1.4.39 cannot batch DataFrames (its container's `get_batch_size`
-    returns the shape, and the dispatcher fails on it)."""
-
-    model_ref = bentoml.models.BentoModel(ARGS.model_tag)
-
-    def __init__(self) -> None:
-        self.pipeline = bentoml.sklearn.load_model(self.model_ref)
-        self.schema = stored_schema(self.model_ref)
-
-    @bentoml.api(
-        batchable=True, max_batch_size=ARGS.max_batch_size, max_latency_ms=ARGS.max_latency_ms
-    )
-    def infer(self, rows: np.ndarray) -> np.ndarray:
-        features = frame_of(rows, self.schema)
-        try:
-            raw, proba = model_outputs(self.pipeline, self.schema, features)
-        except InputError:  # someone's values: find whose, row by row
-            return np.concatenate([self.infer_one(features.iloc[[i]]) for i in range(len(rows))])
-        return outputs(raw, proba, [""] * len(rows))
-
-    def infer_one(self, row: pd.DataFrame) -> np.ndarray:
-        try:
-            raw, proba = model_outputs(self.pipeline, self.schema, row)
-        except InputError as exc:
-            width = len(self.schema.classes or []) if self.schema.task != "regression" else 0
-            return outputs(np.array([np.nan]), np.full((1, width), np.nan), [str(exc)])
-        return outputs(raw, proba, [""])
-
-
-def frame_of(rows: np.ndarray, schema: FeatureSchema) -> pd.DataFrame:
-    """The feature frame back from its object array: numbers float64, categories strings."""
-    frame = pd.DataFrame(rows, columns=[*schema.numeric, *schema.categorical])
-    return frame.astype(dict.fromkeys(schema.numeric, "float64"))
-
-
-def outputs(raw, proba, refused: list[str]) -> np.ndarray:
-    """One row per input: prediction, refusal ("" when none), then each class probability."""
-    columns = [np.asarray(raw, dtype=object), np.asarray(refused, dtype=object)]
-    if proba is not None:
-        columns += list(np.asarray(proba, dtype=object).T)
-    return np.column_stack(columns)
-
-
 # BentoML runs a sync API one request at a time per worker (`threads`, default 1): right for
 # the model's own CPU work; with batching the requests must wait for the batcher together
 CONCURRENT_REQUESTS = min(ARGS.max_batch_size, 64) if ARGS.batching else 1
@@ -191,14 +141,16 @@ CONCURRENT_REQUESTS = min(ARGS.max_batch_size, 64) if ARGS.batching else 1
 @bentoml.service(traffic={"timeout": 30}, workers=ARGS.workers, threads=CONCURRENT_REQUESTS)
 class Predictor:
     model_ref = bentoml.models.BentoModel(ARGS.model_tag)
-    if ARGS.batching:
-        batched = bentoml.depends(BatchedModel)
 
     def __init__(self) -> None:
         stored = self.model_ref  # resolved to the stored model when the service starts
         self.schema = stored_schema(stored)
-        # with batching the model lives in BatchedModel's process only
-        self.pipeline = None if ARGS.batching else bentoml.sklearn.load_model(stored)
+        self.pipeline = bentoml.sklearn.load_model(stored)
+        self.batcher = (
+            FrameBatcher(self._model_outputs, ARGS.max_batch_size, ARGS.max_latency_ms)
+            if ARGS.batching
+            else None
+        )
         self.model_tag = str(stored.tag)
         self.bento = f"{bentoml.server_context.bento_name}:{bentoml.server_context.bento_version}"
         capture_counters()  # on /metrics from the start, at zero
@@ -295,10 +247,10 @@ class Predictor:
     def _predict(self, features: pd.DataFrame) -> tuple[list, list | None]:
         """Predictions (and class probabilities) for this request's rows: from the model here,
         or through the adaptive batcher; InputError when the model cannot use the values."""
-        if ARGS.batching:
-            raw, proba = self._batched(features)
+        if self.batcher is not None:
+            raw, proba = self.batcher.outputs(features)
         else:
-            raw, proba = model_outputs(self.pipeline, self.schema, features)
+            raw, proba = self._model_outputs(features)
         if self.schema.task == "regression":
             bad = [i for i, p in enumerate(raw) if not math.isfinite(float(p))]
             if bad:
@@ -314,14 +266,8 @@ class Predictor:
             proba = proba.round(6).tolist()
         return raw.tolist(), proba
 
-    def _batched(self, features: pd.DataFrame):
-        out = self.batched.infer(features.to_numpy(dtype=object))
-        refused = [reason for reason in out[:, 1] if reason]
-        if refused:
-            raise InputError(refused[0])
-        raw = np.asarray(out[:, 0].tolist())  # the dtype `predict` would have given
-        proba = out[:, 2:].astype("float64") if out.shape[1] > 2 else None
-        return raw, proba
+    def _model_outputs(self, features: pd.DataFrame):
+        return model_outputs(self.pipeline, self.schema, features)
 
     def _record(self, features: pd.DataFrame, predictions, probabilities, ids, times) -> None:
         """Hand the request's columns to the background writer as one Arrow table."""

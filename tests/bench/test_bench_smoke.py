@@ -87,7 +87,7 @@ def test_serving_rollforward_and_approval():
     assert set(batching) == {8, 32}
     for line in batching.values():  # BentoML sheds load with 503s when it must: counted, reported
         assert line["requests_per_s_batched"] > 0 and line["requests_per_s_plain"] > 0
-        assert set(line["goals"]) == {"batched_over_plain", "p99_over_plain"}
+        assert set(line["goals"]) == {"batched_over_plain", "p99_over_plain", "failed"}
     (roll,) = by_bench(lines, "rollforward")
     assert roll["new_bento_answering"] and roll["switch_requests"] > 0
     (approval,) = by_bench(lines, "approval_to_serving")

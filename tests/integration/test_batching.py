@@ -107,11 +107,11 @@ def one_each(records: list[dict], prefix: str) -> list[dict]:
 
 
 def merged_batches(url: str) -> tuple[float, float]:
-    """(batches, rows) the adaptive batcher has sent to the model, from BentoML's histogram."""
+    """(calls, rows) the adaptive batcher has made to the model, from its histogram."""
     text = httpx.get(f"{url}/metrics").text
     count = total = 0.0
     for family in text_string_to_metric_families(text):
-        if family.name == "bentoml_service_adaptive_batch_size":
+        if family.name == "driftloop_batch_rows":
             for sample in family.samples:
                 if sample.name.endswith("_count"):
                     count += sample.value
@@ -216,7 +216,7 @@ def test_two_workers_capture_every_request_exactly_once(served):
             break
         time.sleep(0.2)
     assert sorted(captured) == sorted(sent)  # each once: none lost, none twice
-    assert len(service_workers(served.batched.process.pid)) == 2 + 1  # Predictor's and the model's
+    assert len(service_workers(served.batched.process.pid)) == 2  # the model runs in each
 
 
 def service_workers(pid: int) -> list[str]:
