@@ -163,7 +163,12 @@ def records_frame(
     columns: dict[str, Any] = {}
     value_error: tuple[int, int, str] | None = None  # (record, column order, message)
     for order, column in enumerate(schema.columns):
-        convert = _number if column in schema.numeric else _category
+        numeric = column in schema.numeric
+        plain = _plain_column([record[column] for record in usable], numeric)
+        if plain is not None:
+            columns[column] = plain
+            continue
+        convert = _number if numeric else _category
         nullable = column in schema.nullable
         values = []
         for i, record in enumerate(usable):
@@ -179,10 +184,31 @@ def records_frame(
     if shape_error is not None:
         raise InputError(shape_error[1])
     return pd.DataFrame(
-        {c: np.array(columns[c], dtype="float64") for c in schema.numeric}
-        | {c: np.array(columns[c], dtype=object) for c in schema.categorical},
+        {c: np.asarray(columns[c], dtype="float64") for c in schema.numeric}
+        | {c: np.asarray(columns[c], dtype=object) for c in schema.categorical},
         columns=[*schema.numeric, *schema.categorical],
     )
+
+
+def _plain_column(values: list[Any], numeric: bool) -> np.ndarray | None:
+    """The column converted at once when every value is plainly valid (finite numbers; strings
+    and integers short enough for a category), the values a well-behaved caller sends; None
+    sends the column through the value-by-value checks, which name what is wrong."""
+    if not values:
+        return None
+    kinds = set(map(type, values))
+    if numeric:
+        if not kinds <= {float, int}:  # bool is its own type: refused value by value
+            return None
+        try:
+            array = np.array(values, dtype="float64")
+        except OverflowError:  # an integer beyond float64
+            return None
+        return array if np.isfinite(array).all() else None  # NaN: nullable or not, checked below
+    if not kinds <= {str, int}:
+        return None
+    texts = [str(value) for value in values]
+    return np.array(texts, dtype=object) if max(map(len, texts)) <= MAX_TEXT_CHARS else None
 
 
 def _first_misshapen(records: list[Any], schema: FeatureSchema) -> tuple[int, str] | None:
