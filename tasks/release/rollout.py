@@ -243,18 +243,21 @@ def put_into_service(
     bento = Bento(tag=bento.tag, model_tag=bento.model_tag, labels={**bento.labels, "image": image})
     if backend == "containerize":
         return go_live(project, bento, **how)
-    return kubernetes_release(project, bento, image, push_image, action, released_by)
+    if backend == "kubernetes":
+        return kubernetes_release(project, bento, image, push_image, action, released_by)
+    raise CommandError(f"serving.backend {backend!r} is not one of local, containerize, kubernetes")
 
 
 def kubernetes_release(
     project: Project,
     bento: Bento,
     image: str,
-    push_image,
-    action: Literal["promote", "release"] = "promote",
+    push_image: Callable[[Project, str], object],
+    action: Literal["promote", "rollback", "release"] = "promote",
     released_by: str = "",
 ) -> Release:
-
+    """The image pushed, then the cluster rolled to it (undone there on a stall or a failed
+    analysis); recorded as serving only once the rollout is healthy."""
     current = read_serving(project)
     stage = "push"
     try:
@@ -317,4 +320,12 @@ def rollback(
             "there is no earlier release to return to; `driftloop lineage` shows what serves"
         )
     bento = Bento(tag=target.bento, model_tag=target.model_tag, labels=target.labels)
+    if project.config.serving.backend == "kubernetes":  # the cluster goes back, not a local slot
+        progress(f"rolling the cluster back to {bento.tag}")
+        image = target.labels.get("image", "")
+        return kubernetes_release(project, bento, image, already_pushed, "rollback", released_by)
     return go_live(project, bento, action="rollback", released_by=released_by, progress=progress)
+
+
+def already_pushed(project: Project, image: str) -> None:
+    """A rollback's image: the registry has held it since its own release."""

@@ -107,6 +107,44 @@ def test_a_failing_first_release_says_there_is_nothing_to_return_to(kube, tmp_pa
         release_to_kubernetes(project, f"bikeshare:{BROKEN}")
 
 
+def test_a_rollback_on_the_kubernetes_backend_returns_the_cluster_not_a_local_slot(kube, tmp_path):
+    from tasks.release.package import Bento
+    from tasks.release.releases import read_attempts, read_serving
+    from tasks.release.rollout import kubernetes_release, rollback
+    from tasks.stack.paths import stack_dir
+
+    def change(raw: dict) -> None:
+        private_ports(raw)
+        raw["serving"]["backend"] = "kubernetes"
+        raw["kubernetes"].update({"strategy": "deployment", "rollout_timeout_seconds": 10})
+
+    project = config_copy(tmp_path / "project", change)
+    pushed: list[str] = []
+    for version in (GOOD, GOOD_TOO):
+        bento = Bento(
+            tag=f"bikeshare:{version}",
+            model_tag=f"bikeshare:model-{version}",
+            labels={"image": f"registry.example/bikeshare:{version}", "data_rev": version},
+        )
+        kubernetes_release(project, bento, bento.labels["image"], lambda _, i: pushed.append(i))
+    assert pushed == ["registry.example/bikeshare:v1", "registry.example/bikeshare:v2"]
+
+    back = rollback(project, released_by="alice")
+    assert kube.image_of(APPS, "deployments", "driftloop", "bikeshare") == image(GOOD)
+    serving = read_serving(project)
+    assert (serving.bento, serving.model_tag, serving.how, serving.released_by) == (
+        "bikeshare:v1",
+        "bikeshare:model-v1",
+        "rollback",
+        "alice",
+    )
+    assert serving.url == "kubernetes driftloop/deployment/bikeshare" and serving.slot is None
+    assert back.labels["data_rev"] == "v1"  # its lineage comes back with it
+    last = read_attempts(project)[-1]
+    assert (last.outcome, last.action, last.previous) == ("promoted", "rollback", "bikeshare:v2")
+    assert not (stack_dir(project) / "slots").exists()  # no local slot was started
+
+
 def test_the_configured_context_is_used(kube, tmp_path, monkeypatch):
     """kubectl's current context points nowhere; only `--context` reaches the cluster."""
     config = yaml.safe_load(Path(kube.kubeconfig(tmp_path / "kc", context="ml")).read_text())
