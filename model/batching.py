@@ -68,9 +68,10 @@ class FrameBatcher:
         return anyio.from_thread.run(self._merged_call, frame)  # waits in the server's loop
 
     def _merged(self, frames: Sequence[pd.DataFrame]) -> list[Outputs | Exception]:
-        merged = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        if len(frames) == 1:
+            return [self._alone(frames[0])]
         try:
-            raw, proba = self._observed(merged)
+            raw, proba = self._observed(pd.concat(frames, ignore_index=True))
         except InputError:  # someone's values: find whose, frame by frame
             return [self._alone(frame) for frame in frames]
         ends = np.cumsum([len(frame) for frame in frames])

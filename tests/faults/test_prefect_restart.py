@@ -117,7 +117,6 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
 
     from tasks.approval.audit import read_audit
     from tasks.approval.pending import pending_requests
-    from tasks.approval.submit import submit_decision
 
     run = start_stub(project, "bikeshare:restarts", timeout=900)
     try:
@@ -131,7 +130,6 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
                 assert client.read_flow_run(run.run_id).state.is_paused()
 
         result = submit_with_retries(
-            submit_decision,
             project,
             run.run_id,
             "approve",
@@ -156,7 +154,7 @@ def test_twenty_restarts_while_awaiting_approval_lose_nothing(server, slack, pro
         run.close()
 
 
-def submit_with_retries(submit, *args):
+def submit_with_retries(*args):
     """A CLI decision with the client's default retries back on.
 
     The retries are off in this module for the waiting flow only. Just after a restart the
@@ -164,9 +162,11 @@ def submit_with_retries(submit, *args):
     client's own retries, and so does this."""
     from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
+    from tasks.approval.submit import submit_decision
+
     default = PREFECT_CLIENT_MAX_RETRIES.default()
     with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: default}):
-        return submit(*args)
+        return submit_decision(*args)
 
 
 def start_stub(project, candidate: str, timeout: float = 300):
@@ -189,7 +189,6 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
 ):
     """The run is resumed before the flow looks again: it loads the input it was resumed with."""
     from tasks.approval import wait
-    from tasks.approval.submit import submit_decision
 
     back = threading.Event()
     ride_out = wait.await_server
@@ -205,9 +204,7 @@ def test_decision_given_while_the_waiting_flow_still_finds_the_server_away(
         server.stop()
         server.start()
         assert back.wait(30), "the waiting flow did not notice the restart"
-        result = submit_with_retries(
-            submit_decision, project, run.run_id, "reject", "alice", "cli", "no", run.hash
-        )
+        result = submit_with_retries(project, run.run_id, "reject", "alice", "cli", "no", run.hash)
         assert result.status == "recorded", result.message
         outcome = run.result(timeout=60)
         assert (outcome["outcome"], outcome["comment"]) == ("reject", "no")
@@ -219,7 +216,6 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
     """The pause never reaches the server: the flow pauses again once it is back."""
     import prefect.flow_runs
 
-    from tasks.approval.submit import submit_decision
     from tests.fakes.approval_stub import StubRun
 
     pause = prefect.flow_runs.pause_flow_run
@@ -242,9 +238,7 @@ def test_server_gone_just_as_the_run_pauses(server, slack, project, monkeypatch)
         restart.join(150)  # the server is up again
         run.request = run.wait_pending(60)
         assert len(set(keys)) == 2, keys  # the first pause failed, the second one waits
-        result = submit_with_retries(
-            submit_decision, project, run.run_id, "approve", "alice", "cli", "", run.hash
-        )
+        result = submit_with_retries(project, run.run_id, "approve", "alice", "cli", "", run.hash)
         assert result.status == "recorded", result.message
         assert run.result(timeout=60)["outcome"] == "approve"
     finally:
