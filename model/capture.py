@@ -2,8 +2,10 @@
 
 Writing happens off the request path: the service appends rows to bounded in-memory buffers (one
 per table, so a flood of labels cannot push predictions out) and a background thread flushes them
-every `flush_seconds` (and at shutdown). One file per flush and process, so concurrent writers
-never touch the same file. Rows that cannot be kept are counted in
+every `flush_seconds` (and at shutdown). A request's predictions are handed over as the column
+arrays it already has (`PredictionColumns`); the flush turns all requests' columns into one Arrow
+table per partition, so the request path builds nothing. One file per flush and process, so
+concurrent writers never touch the same file. Rows that cannot be kept are counted in
 `driftloop_capture_dropped_total{kind}` and logged, one line at most every LOG_EVERY_SECONDS.
 
 Event times are checked before anything is captured (`EventWindow`): a time before 1970, more
@@ -16,6 +18,7 @@ store holds, and only the first label of each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -30,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -205,9 +209,7 @@ class CaptureWriter:
 
     def __post_init__(self) -> None:
         self._rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.schemas}
-        self._tables: dict[str, dict[tuple[str, str], list[pa.Table]]] = {
-            kind: {} for kind in self.schemas
-        }
+        self._columns: dict[tuple[str, str], list[PredictionColumns]] = {}  # by partition
         self._held = dict.fromkeys(self.schemas, 0)  # rows buffered per kind, in either form
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -235,24 +237,25 @@ class CaptureWriter:
         if len(rows) > room:
             self._drop(kind, len(rows) - room, f"its buffer holds {self.max_buffer} rows")
 
-    def add_table(self, kind: str, table: pa.Table, times: list[datetime]) -> None:
-        """Rows already as Arrow columns, with their event times: the request path's way in,
-        no Python dict per row. The table is split by event hour here, once."""
+    def add_predictions(self, columns: PredictionColumns) -> None:
+        """One request's predictions as its own column arrays: the request path's way in. Only
+        references are kept here; the flush builds the Arrow table."""
         with self._lock:
-            room = max(self.max_buffer - self._held[kind], 0)
-            kept = min(table.num_rows, room)
+            room = max(self.max_buffer - self._held[PREDICTIONS], 0)
+            kept = min(len(columns), room)
             if kept:
-                buffer = self._tables[kind]
-                for key, part in by_partition(table.slice(0, kept), times[:kept]):
-                    buffer.setdefault(key, []).append(part)
-                self._held[kind] += kept
-        if table.num_rows > kept:
-            self._drop(kind, table.num_rows - kept, f"its buffer holds {self.max_buffer} rows")
+                part = columns if kept == len(columns) else columns.take(list(range(kept)))
+                for key, piece in part.by_partition():
+                    self._columns.setdefault(key, []).append(piece)
+                self._held[PREDICTIONS] += kept
+        if len(columns) > kept:
+            n = len(columns) - kept
+            self._drop(PREDICTIONS, n, f"its buffer holds {self.max_buffer} rows")
 
     def flush(self) -> int:
         with self._lock:
             rows, self._rows = self._rows, {kind: [] for kind in self.schemas}
-            tables, self._tables = self._tables, {kind: {} for kind in self.schemas}
+            columns, self._columns = self._columns, {}
             self._held = dict.fromkeys(self.schemas, 0)
         written = 0
         for kind, schema in self.schemas.items():
@@ -261,10 +264,11 @@ class CaptureWriter:
                 groups.setdefault(partition(row["timestamp"]), []).append(row)
             for key, group in groups.items():
                 written += self._write(kind, key, len(group), pa.Table.from_pylist, group, schema)
-            for key, parts in tables[kind].items():
-                n = sum(t.num_rows for t in parts)
-                written += self._write(kind, key, n, pa.concat_tables, parts)
-            if groups or tables[kind]:
+            if kind == PREDICTIONS:
+                for key, parts in columns.items():
+                    n = sum(len(c) for c in parts)
+                    written += self._write(kind, key, n, prediction_table, parts, schema)
+            if groups or (kind == PREDICTIONS and columns):
                 touch_marker(self.root / kind)
         return written
 
@@ -313,41 +317,79 @@ def touch_marker(table: Path) -> None:
         (table / MARKER).touch()
 
 
-def by_partition(table: pa.Table, times: list[datetime]) -> list[tuple[tuple[str, str], pa.Table]]:
-    """The table's rows by the dt=/hour= partition of their event times (one slice, usually)."""
-    if len(set(times)) <= 1:
-        return [(partition(times[0]), table)] if times else []
-    rows: dict[tuple[str, str], list[int]] = {}
-    for i, when in enumerate(times):
-        rows.setdefault(partition(when), []).append(i)
-    return [(key, table.take(pa.array(index))) for key, index in rows.items()]
+@dataclass(frozen=True)
+class PredictionColumns:
+    """One request's predictions as the arrays the service already holds: the feature frame's
+    columns (float64 or object, NaN for a missing value) in the schema's order, and the lists
+    of its answer."""
+
+    features: list[np.ndarray]
+    predictions: list[Any]
+    probabilities: list[list[float]] | None
+    ids: list[str]
+    times: list[datetime]
+    bento: str
+    model: str
+
+    @classmethod
+    def of_frame(cls, frame: Any, schema: pa.Schema, **answer: Any) -> PredictionColumns:
+        """From a feature DataFrame: its columns as arrays (views, no copy) in the order of the
+        predictions schema's feature struct, and the answer."""
+        names = [f.name for f in schema.field("features").type]
+        return cls(features=[frame[name].to_numpy() for name in names], **answer)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: list[int]) -> PredictionColumns:
+        pick = np.asarray(index, dtype=np.intp)
+        return dataclasses.replace(
+            self,
+            features=[column[pick] for column in self.features],
+            predictions=[self.predictions[i] for i in index],
+            probabilities=None
+            if self.probabilities is None
+            else [self.probabilities[i] for i in index],
+            ids=[self.ids[i] for i in index],
+            times=[self.times[i] for i in index],
+        )
+
+    def by_partition(self) -> list[tuple[tuple[str, str], PredictionColumns]]:
+        """These rows by the dt=/hour= partition of their event times (one part, usually)."""
+        if len(set(self.times)) <= 1:
+            return [(partition(self.times[0]), self)] if self.times else []
+        rows: dict[tuple[str, str], list[int]] = {}
+        for i, when in enumerate(self.times):
+            rows.setdefault(partition(when), []).append(i)
+        return [(key, self.take(index)) for key, index in rows.items()]
 
 
-def prediction_table(
-    features: Any,
-    predictions: list[Any],
-    probabilities: list[list[float]] | None,
-    ids: list[str],
-    times: list[datetime],
-    bento: str,
-    model: str,
-    schema: pa.Schema,
-) -> pa.Table:
-    """The predictions table of one request, column by column from its feature frame (a
-    DataFrame of float64 and string columns; NaN becomes null), as `prediction_rows` would."""
+def prediction_table(parts: list[PredictionColumns], schema: pa.Schema) -> pa.Table:
+    """The predictions table of many requests, column by column (NaN becomes null), holding
+    what `prediction_rows` would."""
     struct = schema.field("features").type
-    columns = [pa.array(features[f.name].to_numpy(), type=f.type, from_pandas=True) for f in struct]
-    n = len(ids)
+    columns = [
+        pa.array(
+            np.concatenate([part.features[i] for part in parts]), type=f.type, from_pandas=True
+        )
+        for i, f in enumerate(struct)
+    ]
+
+    def flat(values) -> list[Any]:
+        return [value for part in parts for value in values(part)]
+
+    n = sum(len(part) for part in parts)
+    probabilities = flat(lambda p: p.probabilities or [None] * len(p))
     return pa.Table.from_arrays(
         [
-            pa.array(ids, pa.string()),
-            pa.array(times, schema.field("timestamp").type),
-            pa.array([bento] * n, pa.string()),
-            pa.array([model] * n, pa.string()),
+            pa.array(flat(lambda p: p.ids), pa.string()),
+            pa.array(flat(lambda p: p.times), schema.field("timestamp").type),
+            pa.array(flat(lambda p: [p.bento] * len(p)), pa.string()),
+            pa.array(flat(lambda p: [p.model] * len(p)), pa.string()),
             pa.StructArray.from_arrays(columns, fields=list(struct)),
-            pa.array(predictions, schema.field("prediction").type),
+            pa.array(flat(lambda p: p.predictions), schema.field("prediction").type),
             pa.array(probabilities, schema.field("probabilities").type)
-            if probabilities is not None
+            if any(p.probabilities is not None for p in parts)
             else pa.nulls(n, schema.field("probabilities").type),
         ],
         schema=schema,

@@ -39,11 +39,11 @@ from model.capture import (
     CaptureWriter,
     EventWindow,
     LabelGate,
+    PredictionColumns,
     capture_counters,
     capture_schema,
     label_rows,
     now_utc,
-    prediction_table,
 )
 from model.schema import FeatureSchema, InputError, records_frame, validate_ids, validate_labels
 
@@ -270,20 +270,20 @@ class Predictor:
         return model_outputs(self.pipeline, self.schema, features)
 
     def _record(self, features: pd.DataFrame, predictions, probabilities, ids, times) -> None:
-        """Hand the request's columns to the background writer as one Arrow table."""
+        """Hand the request's columns to the background writer as they are."""
         if self.schema.task != "regression":
             predictions = [str(p) for p in predictions]
-        table = prediction_table(
+        columns = PredictionColumns.of_frame(
             features,
-            predictions,
-            probabilities,
-            ids,
-            times,
-            self.bento,
-            self.model_tag,
             self.capture.schemas[PREDICTIONS],
+            predictions=predictions,
+            probabilities=probabilities,
+            ids=ids,
+            times=times,
+            bento=self.bento,
+            model=self.model_tag,
         )
-        self.capture.add_table(PREDICTIONS, table, times)
+        self.capture.add_predictions(columns)
 
 
 Predictor.add_asgi_middleware(CaptureGuard)

@@ -15,10 +15,10 @@ from model.capture import (
     LABELS,
     PREDICTIONS,
     CaptureWriter,
+    PredictionColumns,
     capture_schema,
     label_rows,
     prediction_rows,
-    prediction_table,
 )
 from tasks.capture import read_window
 
@@ -297,7 +297,7 @@ def test_an_age_limit_past_year_one_leaves_1970_the_floor():
 
 
 def test_a_request_handed_over_as_columns_reads_back_as_the_same_rows(tmp_path):
-    """The service's path (`prediction_table`, `add_table`) stores what dict rows would."""
+    """The service's path (`PredictionColumns`, `add_predictions`) stores what dict rows would."""
     by_rows, by_columns = project(tmp_path / "rows"), project(tmp_path / "columns")
     feats = pd.DataFrame({"x": [0.5, float("nan"), 2.0], "c": ["a", float("nan"), "b"]}).astype(
         {"c": object}
@@ -310,8 +310,8 @@ def test_a_request_handed_over_as_columns_reads_back_as_the_same_rows(tmp_path):
     w.close()
     w = writer(by_columns)
     schema = w.schemas[PREDICTIONS]
-    table = prediction_table(feats, predictions, None, ids, times, "b:1", "m:1", schema)
-    w.add_table(PREDICTIONS, table, times)
+    answer = {"predictions": predictions, "probabilities": None, "ids": ids, "times": times}
+    w.add_predictions(PredictionColumns.of_frame(feats, schema, bento="b:1", model="m:1", **answer))
     w.close()
     window = (T0, T0 + timedelta(hours=2))
     expected = read_window(by_rows, *window).frame.sort_values("inference_id")
@@ -329,11 +329,9 @@ def test_columns_past_the_buffer_are_dropped_and_counted(tmp_path):
     schema = w.schemas[PREDICTIONS]
     for k in range(2):
         ids = [f"{k}-{i}" for i in range(3)]
-        w.add_table(
-            PREDICTIONS,
-            prediction_table(feats, [0.0] * 3, None, ids, [T0] * 3, "b:1", "m:1", schema),
-            [T0] * 3,
-        )
+        answer = {"predictions": [0.0] * 3, "probabilities": None, "ids": ids, "times": [T0] * 3}
+        columns = PredictionColumns.of_frame(feats, schema, bento="b:1", model="m:1", **answer)
+        w.add_predictions(columns)
     assert w.dropped == 2
     w.close()
     assert read_window(proj, T0, T0 + timedelta(seconds=1)).rows == 4
