@@ -12,7 +12,9 @@ Cases, one JSON line each:
   from the JSON records, as the service does). Load comes from a second process (`bench.load`,
   closed loop, 8 in flight); the variants run back to back in each repeat, each repeat starting
   with another one. Throughput ratios are the median of the per-repeat pairs; a p99 is over
-  every request of all repeats.
+  every request of all repeats. Beside throughput, each server's own CPU per answered request
+  (all its processes, from /proc): on a shared machine throughput moves with the neighbours,
+  CPU per request hardly does, and it is what bounds throughput on cores of the server's own.
 * `batching` (8 and 32 batch-1 requests in flight): the bento built with adaptive batching
   (`serving.batching`, capture on) on a port of its own, against the plain peer.
 * `rollforward`: a steady paced load (half the batch-1 capacity just measured) through nginx
@@ -40,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -51,6 +54,7 @@ import numpy as np  # noqa: E402
 
 from bench.live import Live, live_stack  # noqa: E402
 from bench.load import finish, start_load  # noqa: E402
+from bench.server_cpu import cpu_seconds, server_pids  # noqa: E402
 
 SETTINGS = {
     "small": {"seconds": 2.0, "repeats": 1, "steady_s": 3.0, "tail_s": 2.0},
@@ -112,6 +116,8 @@ def under_load(
     """Closed-loop load from a second process; requests/s, rows/s, p50/p99, failures."""
     body = json.dumps({"records": records}).encode()
     out = tmp / f"load-{time.monotonic_ns()}.json"
+    pids = server_pids(urlsplit(url).port)
+    cpu_began = cpu_seconds(pids)
     process = start_load(
         f"{url}/predict",
         body,
@@ -121,7 +127,9 @@ def under_load(
         max_seconds=seconds,
     )
     done = finish(process, out, timeout=seconds + 60)
+    server_cpu_s = cpu_seconds(pids) - cpu_began
     rps = done.per_second()
+    answered = int((done.status == 200).sum())
     return {
         "requests_per_s": rps,
         "rows_per_s": rps * len(records),
@@ -129,6 +137,8 @@ def under_load(
         "p99_ms": done.percentile_ms(99),
         "failed": done.failed,
         "load_cpu_ms": done.cpu_ms_per_request(),
+        # the server's own CPU per answered request: steady where throughput is not
+        "server_cpu_ms": round(server_cpu_s / answered * 1000, 3) if answered else None,
         "ok_seconds": done.seconds[done.status == 200],  # pooled over repeats for the p99
     }
 
@@ -286,6 +296,7 @@ def batching_case(live: Live, size: str, tmp: Path) -> None:
         over_plain = median_of(per_repeat)
         p99_batched, p99_plain = pooled_p99_ms(batched), pooled_p99_ms(plain_runs)
         p99_over_plain = ratio(p99_batched or 0.0, p99_plain or 0.0)
+        plain_cpu_over_batched = median_of(paired(plain_runs, batched, "server_cpu_ms"))
         emit(
             {
                 "bench": "batching",
@@ -301,6 +312,9 @@ def batching_case(live: Live, size: str, tmp: Path) -> None:
                 "failed": failed,
                 "failed_plain": sum(r["failed"] for r in plain_runs),
                 "batched_over_plain_per_repeat": per_repeat,
+                "server_cpu_ms_per_request_batched": _med(batched, "server_cpu_ms"),
+                "server_cpu_ms_per_request_plain": _med(plain_runs, "server_cpu_ms"),
+                "batched_over_plain_cpu": plain_cpu_over_batched,
                 "batched_over_plain": over_plain,
                 "p99_over_plain": p99_over_plain,
                 "goals": {
@@ -327,10 +341,16 @@ def serving_line(batch: int, s: dict, runs: dict) -> dict:
     over_inproc = ratio(rows_on, rows_inproc)
     p99_on, p99_off, p99_plain = (pooled_p99_ms(r) for r in (on, off, plain))
     p99_over_plain = ratio(p99_on or 0.0, p99_plain or 0.0)
+    # the same two goals in server CPU per request: what bounds throughput on cores of its own
+    plain_cpu_over_on = median_of(paired(plain, on, "server_cpu_ms"))
+    off_cpu_over_on = median_of(paired(off, on, "server_cpu_ms"))
+    capture_cost_cpu = None if off_cpu_over_on is None else round(1 - off_cpu_over_on, 3)
     goals = {
         "capture_cost": goal(capture_cost, "<=", 0.03),
         "served_over_plain": goal(over_plain, ">=", 0.95),
         "p99_over_plain": goal(p99_over_plain, "<=", 1.1),
+        "capture_cost_cpu": goal(capture_cost_cpu, "<=", 0.03),
+        "served_over_plain_cpu": goal(plain_cpu_over_on, ">=", 0.95),
     }
     return {
         "bench": "serving",
@@ -355,6 +375,11 @@ def serving_line(batch: int, s: dict, runs: dict) -> dict:
         "p50_ms_inprocess": _med(inproc, "p50_ms"),
         "p99_ms_inprocess": _med(inproc, "p99_ms"),
         "load_cpu_ms_per_request": _med(on + off + plain, "load_cpu_ms"),
+        "server_cpu_ms_per_request_capture_on": _med(on, "server_cpu_ms"),
+        "server_cpu_ms_per_request_capture_off": _med(off, "server_cpu_ms"),
+        "server_cpu_ms_per_request_plain": _med(plain, "server_cpu_ms"),
+        "capture_cost_cpu": capture_cost_cpu,
+        "served_over_plain_cpu": plain_cpu_over_on,
         "failed": sum(r["failed"] for r in on + off + plain),
         "on_over_plain_per_repeat": on_over_plain,
         "on_over_off_per_repeat": on_over_off,
