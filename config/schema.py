@@ -97,6 +97,23 @@ class DataConfig(Section):
     drop: list[str] = Field(
         default_factory=list, description="Columns never used as features (e.g. leaks)."
     )
+    remote: OneLine = Field(
+        ".driftloop/dvc-remote",
+        description="The DVC remote pushed to and pulled from: a directory or s3://bucket/prefix "
+        "(on storage.endpoint_url); set in .dvc/config.local, never committed.",
+    )
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_supported(cls, value: str) -> str:
+        if "://" in value and not value.startswith("s3://"):
+            raise ValueError(
+                f"{value!r}: the DVC remote is a directory or an s3://bucket/prefix URL "
+                "(an S3-compatible store is reached through storage.endpoint_url)"
+            )
+        if value.startswith("s3://") and not value.removeprefix("s3://").strip("/"):
+            raise ValueError(f"{value!r} names no bucket; write s3://BUCKET/PREFIX")
+        return value
 
     @model_validator(mode="after")
     def _lists_consistent(self) -> DataConfig:
@@ -210,10 +227,23 @@ class KubernetesConfig(Section):
     )
 
 
+class StorageConfig(Section):
+    """The S3-API store that `s3://` paths (capture, the DVC remote) live on. Credentials come
+    from the environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+
+    endpoint_url: OneLine = Field(
+        "",
+        description="URL of an S3-compatible store (MinIO, Ceph, ...); empty: AWS S3 itself.",
+    )
+
+
 class CaptureConfig(Section):
     """Where the service records predictions and labels for the monitor."""
 
-    path: OneLine = Field(".driftloop/capture", description="Root of the dt=/hour= partitions.")
+    path: OneLine = Field(
+        ".driftloop/capture",
+        description="Root of the dt=/hour= partitions: a directory or s3://bucket/prefix.",
+    )
     sample_rate: float = Field(1.0, gt=0, le=1, description="Share of requests recorded.")
     flush_seconds: float = Field(1.0, gt=0, le=60, description="How often buffers hit disk.")
     max_event_future_seconds: float = Field(
@@ -228,6 +258,13 @@ class CaptureConfig(Section):
         le=36500,
         description="Event times older than this get a 400; null: any time from 1970 on "
         "(replays of historical data need old times).",
+    )
+    compact_after_seconds: float | None = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="An hour's flush files are compacted once its newest is this old, and a "
+        "compacted file's sources deleted once it is this old; null: never compact.",
     )
 
 
@@ -248,6 +285,11 @@ class MonitorConfig(Section):
     per_column_method: dict[str, str] = Field(default_factory=dict)
     threshold: float | None = Field(None, description="Stattest threshold (None: its default).")
     report_sample_rows: int = Field(100_000, ge=1001, description="Rows in the HTML report.")
+    max_rows: int = Field(
+        500_000,
+        ge=1000,
+        description="Larger windows are checked on a uniform sample of this many rows.",
+    )
     workers: int = Field(2, ge=1, le=64, description="Threads computing column drift.")
 
 
@@ -401,6 +443,7 @@ class DriftloopConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     serving: ServingConfig = ServingConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+    storage: StorageConfig = StorageConfig()
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
     policy: PolicyConfig = PolicyConfig()

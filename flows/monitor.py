@@ -9,7 +9,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from config.loader import load_project
-from tasks.capture import read_current
+from tasks.capture import capture_store, read_current
+from tasks.compaction import compact_capture
 from tasks.metrics import push_metrics
 from tasks.monitor.checks import check_window
 from tasks.monitor.history import record_trigger, save_record
@@ -60,7 +61,13 @@ def monitor(
     reference = read_reference(project, labels["data_rev"], labels.get("git_commit"))
     model = read_model(project, serving.model_tag)
 
-    # 2. current: the captured window with the labels that have arrived
+    # 2. current: the captured window with the labels that have arrived, its quiet hours'
+    # flush files compacted first (a failed compaction only leaves the read slower)
+    compacted = compact_capture(
+        capture_store(project), project.config.capture.compact_after_seconds, return_state=True
+    )
+    if compacted.is_failed():
+        logger.warning("capture compaction failed, the window is read as it is: %s", compacted)
     window = read_current(project, start, end)
 
     # 3-4. validate and check (bad data is a named verdict inside the result)
@@ -74,7 +81,12 @@ def monitor(
     report_urls: list[str] = []
     if (seen.wrong or report) and seen.usable:
         report_urls = write_report(
-            project, reference.frame, window.frame, report_name(project), result.quality
+            project,
+            reference.frame,
+            window.frame,
+            report_name(project),
+            result.quality,
+            sample=window.sample_note,
         )
 
     # save before publishing: a failed push must not lose the result
@@ -99,10 +111,12 @@ def monitor(
 
     # 6b. notify: artifacts always, Slack when something is wrong (one thread per cycle)
     headline = monitor_headline(project, result)
-    publish_artifacts(project, result, headline, when, report_urls)
+    publish_artifacts(project, result, headline, when, report_urls, sample=window.sample_note)
     links = monitor_links(project, report_urls, flow_run.ui_url if flow_run.id else None)
     if seen.wrong or current_thread(project) is not None:
-        notice = monitor_notice(project, result, when, serving.bento, links)
+        notice = monitor_notice(
+            project, result, when, serving.bento, links, sample=window.sample_note
+        )
         send_notice(project, notice, new_cycle_reason=headline if seen.wrong else None)
         if not seen.wrong:
             close_thread(project)  # the model is healthy again: the cycle ends
@@ -124,6 +138,8 @@ def monitor(
         "drift_share": result.drift_share,
         "quality_breached": seen.quality_breached,
         "rows": window.rows,
+        "rows_total": window.total,
+        "sampled": window.sampled,
         "label_coverage": window.label_coverage,
         "retrain_triggered": trigger.fire,
         "retrain_run": retrain_run,

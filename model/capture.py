@@ -5,7 +5,9 @@ per table, so a flood of labels cannot push predictions out) and a background th
 every `flush_seconds` (and at shutdown). A request's predictions are handed over as the column
 arrays it already has (`PredictionColumns`); the flush turns all requests' columns into one Arrow
 table per partition, so the request path builds nothing. One file per flush and process, so
-concurrent writers never touch the same file. Rows that cannot be kept are counted in
+concurrent writers never touch the same file. The store is a local directory or an S3-API bucket
+(model/store.py), written through pyarrow's filesystem layer; a store that is down fails the
+flush, never a request. Rows that cannot be kept are counted in
 `driftloop_capture_dropped_total{kind}` and logged, one line at most every LOG_EVERY_SECONDS.
 
 Event times are checked before anything is captured (`EventWindow`): a time before 1970, more
@@ -35,7 +37,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from model.store import Store, as_store
 
 PREDICTIONS = "predictions"
 LABELS = "labels"
@@ -199,15 +204,18 @@ def capture_schema(numeric: list[str], categorical: list[str], task: str) -> dic
 
 @dataclass
 class CaptureWriter:
-    """Buffers rows per kind and flushes them to parquet, by event hour, from a daemon thread."""
+    """Buffers rows per kind and flushes them to parquet, by event hour, from a daemon thread.
 
-    root: Path
+    `root` is the capture store: a Store, or a directory or s3:// URL (model/store.py)."""
+
+    root: Store | Path | str
     schemas: dict[str, pa.Schema]
     sample_rate: float = 1.0
     flush_seconds: float = 1.0
     max_buffer: int = 200_000  # per kind; beyond it rows are dropped and counted, never blocking
 
     def __post_init__(self) -> None:
+        self.store = as_store(self.root)
         self._rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in self.schemas}
         self._columns: dict[tuple[str, str], list[PredictionColumns]] = {}  # by partition
         self._held = dict.fromkeys(self.schemas, 0)  # rows buffered per kind, in either form
@@ -269,7 +277,7 @@ class CaptureWriter:
                     n = sum(len(c) for c in parts)
                     written += self._write(kind, key, n, prediction_table, parts, schema)
             if groups or (kind == PREDICTIONS and columns):
-                touch_marker(self.root / kind)
+                touch_marker(self.store.sub(kind))
         return written
 
     def _write(self, kind: str, key: tuple[str, str], n: int, build, *args: Any) -> int:
@@ -277,7 +285,7 @@ class CaptureWriter:
         row loses this group, not the rest."""
         day, hour = key
         try:
-            write_table_part(self.root / kind / day / hour, build(*args))
+            write_table_part(self.store.sub(kind, day, hour), build(*args))
         except Exception as exc:
             self._drop(kind, n, f"writing {kind}/{day}/{hour} failed: {exc}")
             return 0
@@ -311,10 +319,29 @@ class CaptureWriter:
 MARKER = ".written"  # touched after each flush; readers of the store skip dot files
 
 
-def touch_marker(table: Path) -> None:
-    """Tell other servers' StoreIds that `table` has new files (a cheap stat instead of a walk)."""
+def touch_marker(table: Store | Path) -> None:
+    """Tell other servers' StoreIds that `table` has new files (a cheap stat instead of a walk).
+
+    On S3 the marker holds a fresh token: an object's time has only second resolution, so two
+    flushes in one second would otherwise look the same."""
+    table = as_store(table)
     with contextlib.suppress(OSError):  # else they find the files on their next full walk
-        (table / MARKER).touch()
+        if table.is_local:
+            table.local_path(MARKER).touch()
+        else:
+            with table.fs.open_output_stream(table.join(MARKER)) as out:
+                out.write(uuid.uuid4().hex.encode())
+
+
+def marker_state(table: Store) -> str | None:
+    """What the marker says now (its time locally, its token on S3); None when it is absent."""
+    try:
+        if table.is_local:
+            return str(table.local_path(MARKER).stat().st_mtime_ns)
+        with table.fs.open_input_stream(table.join(MARKER)) as marker:
+            return marker.read().decode(errors="replace")
+    except (OSError, pa.ArrowException):
+        return None
 
 
 @dataclass(frozen=True)
@@ -396,14 +423,22 @@ def prediction_table(parts: list[PredictionColumns], schema: pa.Schema) -> pa.Ta
     )
 
 
-def write_table_part(directory: Path, table: pa.Table) -> Path:
-    """One parquet file, written to a temp name and renamed so readers never see half of it."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_table_part(directory: Store | Path, table: pa.Table) -> str:
+    """One parquet file, its name unique to this process and call; returns its path.
+
+    Readers never see half of it: locally it is written to a temp name and renamed; on S3 an
+    object appears whole when its upload completes, so the final key is written directly."""
+    directory = as_store(directory)
     name = f"part-{os.getpid()}-{uuid.uuid4().hex[:12]}.parquet"
-    tmp = directory / f".{name}.tmp"
+    if not directory.is_local:
+        pq.write_table(table, directory.join(name), filesystem=directory.fs)
+        return directory.join(name)
+    local = directory.local_path()
+    local.mkdir(parents=True, exist_ok=True)
+    tmp = local / f".{name}.tmp"
     pq.write_table(table, tmp)
-    tmp.replace(directory / name)
-    return directory / name
+    tmp.replace(local / name)
+    return str(local / name)
 
 
 def prediction_rows(
@@ -465,24 +500,26 @@ class RecentIds:
 class StoreIds:
     """Inference ids of the predictions in the capture store, read incrementally.
 
-    Another server (the other slot during a release, a replica, this server before a restart)
-    may have answered the prediction a label is for. `refresh` reads the `inference_id` column
-    of prediction files written since its last look: when a writer's marker says there are new
-    files (checked at most every `min_interval` seconds), else every FULL_WALK_SECONDS. An hour
-    directory whose mtime is older than the last look is skipped without listing it.
+    Another server (the other slot during a release, a replica or pod, this server before a
+    restart) may have answered the prediction a label is for. `refresh` reads the
+    `inference_id` column of prediction files written since its last look: when a writer's
+    marker says there are new files (checked at most every `min_interval` seconds), else every
+    FULL_WALK_SECONDS. Locally an hour directory whose mtime is older than the last look is
+    skipped without listing it; S3 has no directories, so there the table is listed whole (one
+    request per 1,000 files: compaction keeps that small).
     """
 
     SLACK_NS = 5_000_000_000  # files renamed into place a little after they were written
     FULL_WALK_SECONDS = 5.0
 
-    def __init__(self, root: Path, into: RecentIds, capacity: int = KNOWN_IDS) -> None:
-        self.root = root
+    def __init__(self, root: Store | Path, into: RecentIds, capacity: int = KNOWN_IDS) -> None:
+        self.store = as_store(root)
         self.into = into
         self.capacity = capacity
         self.min_interval = 0.1
         self._lock = threading.Lock()
         self._looked = self._walked = -math.inf
-        self._marker: int | None = None
+        self._marker: str | None = None
         self._watermark: int | None = None  # newest file mtime (ns) read so far
         self._read: dict[str, int] = {}  # recent files already read -> mtime
 
@@ -493,10 +530,7 @@ class StoreIds:
             if now - self._looked < self.min_interval:
                 return False
             self._looked = now
-            try:
-                marker = (self.root / MARKER).stat().st_mtime_ns
-            except OSError:
-                marker = None
+            marker = marker_state(self.store)
             if marker == self._marker and now - self._walked < self.FULL_WALK_SECONDS:
                 return False
             self._marker, self._walked = marker, now
@@ -511,7 +545,7 @@ class StoreIds:
             if len(ids) >= self.capacity:
                 break
             try:
-                column = pq.ParquetFile(path).read(columns=["inference_id"]).column(0)
+                column = self._ids_of(path)
             except (OSError, pa.ArrowException):
                 continue  # removed or unreadable since it was listed
             ids += [i for i in column.to_pylist() if i is not None]
@@ -523,8 +557,20 @@ class StoreIds:
         self._read = {p: m for p, m in self._read.items() if m >= floor}
         self.into.add(reversed(ids[: self.capacity]))  # oldest first: the newest stay longest
 
+    def _ids_of(self, path: str) -> pa.ChunkedArray:
+        if self.store.is_local:
+            return pq.ParquetFile(path).read(columns=["inference_id"]).column(0)
+        with self.store.fs.open_input_file(path) as source:
+            return pq.ParquetFile(source).read(columns=["inference_id"]).column(0)
+
     def _new_files(self, cutoff: int | None) -> Iterable[tuple[int, str]]:
-        for day in _subdirs(self.root, "dt="):
+        listed = self._local_files(cutoff) if self.store.is_local else self._listed_files()
+        for mtime, path in listed:
+            if (cutoff is None or mtime >= cutoff) and path not in self._read:
+                yield mtime, path
+
+    def _local_files(self, cutoff: int | None) -> Iterable[tuple[int, str]]:
+        for day in _subdirs(self.store.local_path(), "dt="):
             for hour in _subdirs(Path(day.path), "hour="):
                 try:
                     if cutoff is not None and hour.stat().st_mtime_ns < cutoff:
@@ -539,8 +585,32 @@ class StoreIds:
                         mtime = entry.stat().st_mtime_ns
                     except OSError:
                         continue
-                    if (cutoff is None or mtime >= cutoff) and entry.path not in self._read:
-                        yield mtime, entry.path
+                    yield mtime, entry.path
+
+    def _listed_files(self) -> Iterable[tuple[int, str]]:
+        """Every part file of the table with its modification time, in one recursive listing."""
+        selector = pafs.FileSelector(self.store.root, allow_not_found=True, recursive=True)
+        try:
+            infos = self.store.fs.get_file_info(selector)
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("capture store %s cannot be listed: %s", self.store.url, exc)
+            return
+        for info in infos:
+            if info.type != pafs.FileType.File or not _is_part(info.path, self.store.root):
+                continue
+            yield (0 if info.mtime is None else int(info.mtime.timestamp() * 1e9)), info.path
+
+
+def _is_part(path: str, root: str) -> bool:
+    """A finished part file under dt=/hour= (not a marker, a temp file or a stray object)."""
+    parts = path[len(root) :].strip("/").split("/")
+    return (
+        len(parts) == 3
+        and parts[0].startswith("dt=")
+        and parts[1].startswith("hour=")
+        and not parts[2].startswith(".")
+        and parts[2].endswith(".parquet")
+    )
 
 
 def _subdirs(path: Path, prefix: str) -> list[os.DirEntry]:
@@ -558,7 +628,8 @@ class LabelGate:
     """Which labels are stored: those for an inference id this server answered or the capture
     store holds, and only the first label of each id. The rest are counted, never stored."""
 
-    def __init__(self, store: Path | None, capacity: int = KNOWN_IDS) -> None:
+    def __init__(self, store: Store | Path | None, capacity: int = KNOWN_IDS) -> None:
+        """`store`: the predictions table of the capture store (None: only this server's ids)."""
         self.seen = RecentIds(capacity)
         self.labelled = RecentIds(capacity)
         self.store = None if store is None else StoreIds(store, self.seen, capacity)

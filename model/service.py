@@ -46,6 +46,7 @@ from model.capture import (
     now_utc,
 )
 from model.schema import FeatureSchema, InputError, records_frame, validate_ids, validate_labels
+from model.store import StoreError, open_store
 
 log = logging.getLogger("driftloop.service")
 
@@ -156,14 +157,23 @@ class Predictor:
         capture_counters()  # on /metrics from the start, at zero
         self.window = EventWindow.from_env()
         self.capture = self._capture_writer()
-        self.labels = None if self.capture is None else LabelGate(self.capture.root / PREDICTIONS)
+        self.labels = (
+            None if self.capture is None else LabelGate(self.capture.store.sub(PREDICTIONS))
+        )
 
     def _capture_writer(self) -> CaptureWriter | None:
-        root = os.environ.get(CAPTURE_DIR_ENV)
-        if not root:
+        """The writer for the store DRIFTLOOP_CAPTURE_DIR names (a directory or s3:// URL, its
+        endpoint in DRIFTLOOP_STORAGE_ENDPOINT_URL); a location that can never work stops the
+        server here, with why. A store that is down only fails flushes (counted, logged)."""
+        location = os.environ.get(CAPTURE_DIR_ENV, "").strip()
+        if not location:
             return None
+        try:
+            store = open_store(location, base=Path.cwd())
+        except StoreError as exc:
+            raise RuntimeError(f"{CAPTURE_DIR_ENV} (capture.path): {exc}") from None
         return CaptureWriter(
-            Path(root),
+            store,
             capture_schema(self.schema.numeric, self.schema.categorical, self.schema.task),
             sample_rate=float(os.environ.get(SAMPLE_RATE_ENV, "1")),
             flush_seconds=float(os.environ.get(FLUSH_SECONDS_ENV, "1")),

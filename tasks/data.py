@@ -1,4 +1,5 @@
-"""The training data under DVC: create it on a fresh clone, track it, push it, pull it."""
+"""The training data under DVC: create it on a fresh clone, track it, push it, pull it (through
+the remote `data.remote` names: tasks/dvc_remote.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from config.loader import ConfigError, Project
 from model.frames import read_table, write_table
 from model.lineage import dvc_recorded_md5, file_md5
 from tasks.commands import CommandError, bin_path, run
+from tasks.dvc_remote import use_remote
 
 
 class DataRevError(CommandError):
@@ -35,6 +37,7 @@ def ensure_data(project: Project) -> DataState:
     source is only adopted when it is the same rev. A present file that is another rev (as
     after a `git checkout`, which does not run `dvc checkout`) is refused with nothing
     changed. Nothing else gets tracked silently: only a file with no `.dvc` yet is added."""
+    use_remote(project)
     path = project.data_path
     recorded = dvc_recorded_md5(path)
     if recorded and path.is_file():
@@ -171,11 +174,12 @@ def track(project: Project) -> None:
     """`dvc add` (a no-op when unchanged) then `dvc push` to the configured remote."""
     rel = str(project.data_path.relative_to(project.root))
     dvc = bin_path("dvc")
+    use_remote(project)
     run([dvc, "add", "-q", rel], project.root, hint="check that the project is a DVC repo")
     run(
         [dvc, "push", "-q", rel + ".dvc"],
         project.root,
-        hint="check the DVC remote (`dvc remote list`)",
+        hint="check the DVC remote (data.remote; `dvc remote list --local`)",
     )
 
 
@@ -200,6 +204,7 @@ def read_data_rev(project: Project, md5: str, git_commit: str | None = None) -> 
     if raw is None and git_commit and git_commit != "unknown":
         import dvc.api  # here: a second to import, and only a cache miss needs it
 
+        use_remote(project)
         try:
             raw = dvc.api.read(rel, repo=str(project.root), rev=git_commit, mode="rb")
         except Exception as exc:  # dvc raises many types (missing rev, remote, path)

@@ -221,8 +221,16 @@ def monitor_headline(project: Project, result) -> str:
     return f"{name}: {', '.join(parts)}"
 
 
-def monitor_notice(project: Project, result, window: str, serving: str, links: dict[str, str]):
-    """The Block Kit notice of one monitor run: verdict, evidence, and where to look."""
+def monitor_notice(
+    project: Project,
+    result,
+    window: str,
+    serving: str,
+    links: dict[str, str],
+    sample: str | None = None,
+):
+    """The Block Kit notice of one monitor run: verdict, evidence, and where to look. `sample`
+    ("sampled N of M rows") says the checks saw a uniform sample of a window past max_rows."""
     top = project.config.notify.top_columns
     blocks: list[dict[str, Any]] = [
         {
@@ -235,7 +243,7 @@ def monitor_notice(project: Project, result, window: str, serving: str, links: d
             "fields": [
                 {"type": "mrkdwn", "text": f"*Window*\n{window}"},
                 {"type": "mrkdwn", "text": f"*Serving*\n{serving}"},
-                {"type": "mrkdwn", "text": f"*Rows*\n{_rows(result)}"},
+                {"type": "mrkdwn", "text": f"*Rows*\n{_rows(result, sample)}"},
                 {"type": "mrkdwn", "text": f"*Labels*\n{_coverage(result)}"},
             ],
         },
@@ -284,9 +292,10 @@ def _section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text[:2900]}}
 
 
-def _rows(result) -> str:
+def _rows(result, sample: str | None = None) -> str:
     dq = result.data_quality
-    return f"{dq.rows_current} (reference {dq.rows_reference})" if dq else "-"
+    rows = f"{dq.rows_current} (reference {dq.rows_reference})" if dq else "-"
+    return f"{rows}\n{sample} (monitor.max_rows)" if sample else rows
 
 
 def _coverage(result) -> str:

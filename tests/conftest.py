@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.s3_server import s3_server  # noqa: F401  (one S3-API server for the session)
 from tests.support import copy_project, driftloop
 
 

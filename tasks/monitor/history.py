@@ -22,8 +22,10 @@ class MonitorRecord(BaseModel):
     serving_bento: str
     data_rev: str
     verdict: str
-    rows: int
+    rows: int  # the rows checked: the sample's when the window was sampled
     label_coverage: float
+    rows_total: int | None = None  # rows in the window before sampling (None: records before it)
+    sample: str | None = None  # "sampled N of M rows" when past monitor.max_rows
     dataset_drift: bool
     quality_breached: bool
     usable: bool

@@ -65,6 +65,8 @@ def monitor_record(
         verdict=result.verdict,
         rows=window.rows,
         label_coverage=window.label_coverage,
+        rows_total=window.total,
+        sample=window.sample_note,
         dataset_drift=result.dataset_drift,
         quality_breached=seen.quality_breached,
         usable=seen.usable,

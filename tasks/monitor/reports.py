@@ -28,13 +28,17 @@ def write_report(
     current: pd.DataFrame,
     name: str,
     quality: QualityResult | None = None,
+    sample: str | None = None,
 ):
     """Evidently's HTML report into the served reports folder, headed by the quality on traffic
-    beside the serving model's held-out values (which Evidently never sees); returns its URLs."""
+    beside the serving model's held-out values (which Evidently never sees) and, for a window
+    past monitor.max_rows, by how it was sampled; returns its URLs."""
     frame = current.rename(columns={"label": project.config.data.target})
     files = save_report(reference, frame, project, reports_dir(project) / f"{name}.html")
     if quality is not None and quality.metrics:
         head_report(files.paths[0], quality)
+    if sample:
+        note_report(files.paths[0], sample_line(sample, files.current_rows, files.sampled))
     for path in files.paths:  # read by nginx's unprivileged worker, whatever the umask
         path.chmod(0o644)
     base = project.config.endpoints.reports
@@ -43,11 +47,17 @@ def write_report(
 
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(
-    project: Project, result: CheckResult, headline: str, window: str, report_urls: list[str]
+    project: Project,
+    result: CheckResult,
+    headline: str,
+    window: str,
+    report_urls: list[str],
+    sample: str | None = None,
 ) -> None:
     """The run's summary in the Prefect UI, next to its logs."""
     slug = project.config.project.name.replace("_", "-")
-    lines = [f"# {headline}", "", f"Window: {window}", "", result.message, ""]
+    where = f"Window: {window}" + (f" ({sample}, monitor.max_rows)" if sample else "")
+    lines = [f"# {headline}", "", where, "", result.message, ""]
     if result.quality and result.quality.metrics:
         lines += _quality_table(result.quality)
     if result.validation:
@@ -104,6 +114,22 @@ def head_report(path: Path, quality: QualityResult) -> None:
     )
     text = path.read_text()
     path.write_text(text.replace("<body>", "<body>\n" + block, 1))
+
+
+def sample_line(sample: str, report_rows: int, report_sampled: bool) -> str:
+    """What a sampled window's report says about the rows behind it."""
+    line = f"Window {sample} uniformly (monitor.max_rows); the checks ran on that sample"
+    return line + (f", this report shows {report_rows:,} of them" if report_sampled else "")
+
+
+def note_report(path: Path, text: str) -> None:
+    """Put a line of context at the top of an HTML report."""
+    block = (
+        '<section id="driftloop-sample" style="font-family:sans-serif;margin:1em">'
+        f"<p>{html.escape(text)}</p></section>"
+    )
+    body = path.read_text()
+    path.write_text(body.replace("<body>", "<body>\n" + block, 1))
 
 
 def _html_row(cells: list[str], tag: str) -> str:

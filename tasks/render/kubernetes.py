@@ -5,6 +5,10 @@ desired replicas) and an Argo Rollouts canary whose AnalysisTemplate asks Promet
 version's 5xx ratio. Both come with a Service and a PodDisruptionBudget. The functions return
 plain dicts; `manifest_files` turns them into the texts that `driftloop render` commits under
 `deployments/k8s/` (with a placeholder version) and that a release applies (with its version).
+
+Pods share no disk, so they capture only to an S3-API store: with `capture.path` an s3:// URL
+they get the store, its endpoint and the capture settings as plain values and its credentials
+from the Secret `<app>-storage`, which is never rendered (the README's `kubectl create secret`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,14 @@ import math
 import re
 
 from config.loader import Project
+from model.capture import (
+    CAPTURE_DIR_ENV,
+    FLUSH_SECONDS_ENV,
+    MAX_AGE_DAYS_ENV,
+    MAX_FUTURE_SECONDS_ENV,
+    SAMPLE_RATE_ENV,
+)
+from model.store import ENDPOINT_ENV, is_url
 from tasks.render.files import yaml_text
 from tasks.render.names import API_CALLS
 
@@ -31,6 +43,7 @@ CANARY_STEPS = [
     {"setWeight": 50},
     {"pause": {"duration": "60s"}},
 ]
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")  # in the storage Secret
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -55,6 +68,11 @@ def image_name(project: Project, version: str) -> str:
     tags it."""
     repository = project.config.serving.image_repository or project.config.project.name
     return f"{repository}:{version}"
+
+
+def storage_secret(project: Project) -> str:
+    """The Secret holding the capture store's credentials (created by hand, never rendered)."""
+    return f"{app_name(project)}-storage"
 
 
 def labels(project: Project) -> dict[str, str]:
@@ -101,6 +119,7 @@ def container(project: Project, version: str) -> dict:
         "env": [
             {"name": "BENTOML_PORT", "value": str(cfg.serving.port)},
             {"name": "OMP_NUM_THREADS", "value": str(cfg.serving.threads)},
+            *capture_env(project),
         ],
         "ports": [{"name": PORT_NAME, "containerPort": cfg.serving.port, "protocol": "TCP"}],
         **probes(project),
@@ -121,6 +140,29 @@ def container(project: Project, version: str) -> dict:
         # endpoints are removed while SIGTERM is sent: keep serving until they are gone
         spec["lifecycle"] = {"preStop": {"sleep": {"seconds": cfg.kubernetes.pre_stop_seconds}}}
     return spec
+
+
+def capture_env(project: Project) -> list[dict]:
+    """The capture settings of a pod (model/capture.py): nothing unless `capture.path` is an
+    s3:// URL, since a pod's own disk is neither shared nor kept."""
+    cfg = project.config
+    capture = cfg.capture
+    if not is_url(capture.path):
+        return []
+    age = capture.max_event_age_days
+    values = {
+        CAPTURE_DIR_ENV: capture.path,
+        ENDPOINT_ENV: cfg.storage.endpoint_url,
+        SAMPLE_RATE_ENV: str(capture.sample_rate),
+        FLUSH_SECONDS_ENV: str(capture.flush_seconds),
+        MAX_FUTURE_SECONDS_ENV: str(capture.max_event_future_seconds),
+        MAX_AGE_DAYS_ENV: "" if age is None else str(age),
+    }
+    secret = storage_secret(project)
+    return [{"name": k, "value": v} for k, v in values.items() if v] + [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for key in CREDENTIAL_KEYS
+    ]
 
 
 def probes(project: Project) -> dict[str, dict]:

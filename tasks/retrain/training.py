@@ -10,6 +10,7 @@ from config.loader import Project
 from model import artifacts
 from tasks.commands import bin_path, run
 from tasks.data import verify_data
+from tasks.dvc_remote import use_remote
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ def read_metrics(project: Project) -> dict[str, float]:
 
 def push_outputs(project: Project) -> None:
     """`dvc push`: the candidate's model and prepared data reach the remote with its data."""
+    use_remote(project)
     run(
         [bin_path("dvc"), "push", "-q"],
         project.root,
-        hint="check the DVC remote (`dvc remote list`); the candidate stays in the local cache",
+        hint="check the DVC remote (data.remote); the candidate stays in the local cache",
     )

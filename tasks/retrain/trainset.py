@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from config.loader import Project
 from model.frames import write_table
 from model.lineage import file_md5
-from tasks.capture import capture_root, read_window
+from tasks.capture import capture_store, read_window
 from tasks.commands import CommandError, run
 from tasks.data import read_data_rev, track
 from tasks.release.releases import Release
@@ -78,11 +79,17 @@ def _as_training_rows(project: Project, labelled: pd.DataFrame) -> pd.DataFrame:
 
 
 def newest_capture(project: Project):
-    root = capture_root(project) / "predictions"
-    if not root.is_dir():
+    """The newest captured event time, from the capture store (a directory or S3)."""
+    table_store = capture_store(project).sub("predictions")
+    info = table_store.fs.get_file_info(table_store.root)
+    if info.type != pafs.FileType.Directory:
         return None
     table = ds.dataset(
-        root, format="parquet", partitioning="hive", ignore_prefixes=[".", "_"]
+        table_store.root,
+        filesystem=table_store.fs,
+        format="parquet",
+        partitioning="hive",
+        ignore_prefixes=[".", "_"],
     ).to_table(columns=["timestamp"])
     if table.num_rows == 0:
         return None

@@ -59,6 +59,21 @@ def test_checks_agree_with_evidently():
 
 
 @pytest.mark.integration
+def test_window_read_and_sampling():
+    lines = run_bench("bench_window", timeout=300)
+    (read,) = by_bench(lines, "read")
+    assert read["rows"] == 20_000 and read["compaction_rows"] == 40_000  # both tables
+    assert read["files_compacted"] == 48 < read["files_uncompacted"]
+    (memory,) = by_bench(lines, "sample_memory")
+    assert (memory["window_rows"], memory["checked_rows"]) == (20_000, 5_000)
+    agreement = {line["window"]: line for line in by_bench(lines, "sample_agreement")}
+    assert agreement["quiet"]["drifted_full"] == []
+    assert agreement["drift"]["drifted_full"] == sorted(
+        [f"n{i:02d}_shift0.5" for i in range(2, 20, 3)] + ["c02_k200_swap"]
+    )
+
+
+@pytest.mark.integration
 def test_monitor_flow_cost_and_notice():
     lines = run_bench("bench_monitor")
     monitor = {line["window"]: line for line in by_bench(lines, "monitor")}
@@ -79,7 +94,16 @@ def test_serving_rollforward_and_approval():
         assert line["failed"] == 0
         assert line["requests_per_s_capture_on"] > 0 and line["requests_per_s_capture_off"] > 0
         assert line["rows_per_s_inprocess"] > 0 and line["rows_per_s_plain"] > 0
-        assert set(line["goals"]) == {"capture_cost", "served_over_plain", "p99_over_plain"}
+        assert set(line["goals"]) == {
+            "capture_cost",
+            "served_over_plain",
+            "p99_over_plain",
+            "capture_cost_cpu",
+            "served_over_plain_cpu",
+        }
+        # every server did work under load, and the ratio is of those per-request costs
+        on, plain = (line[f"server_cpu_ms_per_request_{k}"] for k in ("capture_on", "plain"))
+        assert on > 0 and plain > 0 and line["served_over_plain_cpu"] > 0
         # one repeat at this size: its pair is the ratio, and the load's own cost is measured
         (pair,) = line["on_over_plain_per_repeat"]
         assert line["served_over_plain"] == round(pair, 3) > 0

@@ -186,3 +186,32 @@ def test_committed_files_carry_the_placeholder_and_parse(project):
 def test_a_tag_without_an_exact_version_is_refused(tag):
     with pytest.raises(ValueError, match="never :latest"):
         k8s.bento_version(tag)
+
+
+def test_pods_capture_to_s3_with_credentials_from_a_secret(tmp_path, project):
+    def change(raw: dict) -> None:
+        raw["capture"].update(path="s3://ml-capture/bikes", sample_rate=0.5, flush_seconds=2.0)
+        raw["storage"] = {"endpoint_url": "http://minio.storage:9000"}
+
+    changed = config_copy(tmp_path, change)
+    for workload in (k8s.deployment(changed, "v7"), rollout_and_analysis(changed, "v7")[0]):
+        env = {e["name"]: e for e in the_container(workload)["env"]}
+        assert env["DRIFTLOOP_CAPTURE_DIR"]["value"] == "s3://ml-capture/bikes"
+        assert env["DRIFTLOOP_STORAGE_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+        assert env["DRIFTLOOP_CAPTURE_SAMPLE_RATE"]["value"] == "0.5"
+        assert env["DRIFTLOOP_CAPTURE_FLUSH_SECONDS"]["value"] == "2.0"
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": "bikeshare-storage", "key": key}},
+            }
+    rendered = "".join(k8s.manifest_files(changed, "note").values())
+    assert "kind: Secret" not in rendered  # created by hand, never written to a file
+    for doc in core_documents(changed, "v7"):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+def test_pods_capture_nothing_to_their_own_disk(project):
+    names = {e["name"] for e in the_container(k8s.deployment(project, "v7"))["env"]}
+    assert project.config.capture.path == ".driftloop/capture"
+    assert names == {"BENTOML_PORT", "OMP_NUM_THREADS"}
