@@ -393,7 +393,8 @@ class PredictionColumns:
 
 def prediction_table(parts: list[PredictionColumns], schema: pa.Schema) -> pa.Table:
     """The predictions table of many requests, column by column (NaN becomes null), holding
-    what `prediction_rows` would."""
+    what `prediction_rows` would. Event times become integers once per distinct time of a
+    request, and a request's bento and model names are repeated by index, not per row."""
     struct = schema.field("features").type
     columns = [
         pa.array(
@@ -406,13 +407,16 @@ def prediction_table(parts: list[PredictionColumns], schema: pa.Schema) -> pa.Ta
         return [value for part in parts for value in values(part)]
 
     n = sum(len(part) for part in parts)
+    owner = pa.array(np.repeat(np.arange(len(parts)), [len(part) for part in parts]))
     probabilities = flat(lambda p: p.probabilities or [None] * len(p))
     return pa.Table.from_arrays(
         [
             pa.array(flat(lambda p: p.ids), pa.string()),
-            pa.array(flat(lambda p: p.times), schema.field("timestamp").type),
-            pa.array(flat(lambda p: [p.bento] * len(p)), pa.string()),
-            pa.array(flat(lambda p: [p.model] * len(p)), pa.string()),
+            pa.array(
+                np.concatenate([micros(p.times) for p in parts]), schema.field("timestamp").type
+            ),
+            pa.array([p.bento for p in parts], pa.string()).take(owner),
+            pa.array([p.model for p in parts], pa.string()).take(owner),
             pa.StructArray.from_arrays(columns, fields=list(struct)),
             pa.array(flat(lambda p: p.predictions), schema.field("prediction").type),
             pa.array(probabilities, schema.field("probabilities").type)
@@ -421,6 +425,23 @@ def prediction_table(parts: list[PredictionColumns], schema: pa.Schema) -> pa.Ta
         ],
         schema=schema,
     )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+
+
+def micros(times: list[datetime]) -> np.ndarray:
+    """Aware event times as microseconds since 1970; a request stamped once (the usual case)
+    converts one time, not one per row."""
+    if times and times.count(times[0]) == len(times):
+        return np.full(len(times), _micro(times[0]), dtype=np.int64)
+    return np.array([_micro(t) for t in times], dtype=np.int64)
+
+
+def _micro(when: datetime) -> int:
+    """Naive times are UTC, as Arrow takes them."""
+    return ((when if when.tzinfo else when.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
 
 
 def write_table_part(directory: Store | Path, table: pa.Table) -> str:

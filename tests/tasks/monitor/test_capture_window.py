@@ -322,6 +322,42 @@ def test_a_request_handed_over_as_columns_reads_back_as_the_same_rows(tmp_path):
     assert parts == ["hour=08", "hour=09"]
 
 
+def test_requests_flushed_together_keep_their_own_times_bentos_and_models(tmp_path):
+    """One flush builds one table from many requests: each row keeps its request's bento and
+    model, and its own event time to the microsecond (one stamp per request, or one per row)."""
+    proj = project(tmp_path)
+    w = writer(proj)
+    schema = w.schemas[PREDICTIONS]
+    feats = pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]}).astype({"c": object})
+    stamped = T0 + timedelta(microseconds=7)
+    requests = [
+        ("blue:1", "m:1", ["a0", "a1"], [stamped, stamped]),
+        ("green:2", "m:2", ["b0", "b1"], [T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)]),
+    ]
+    for bento, model, ids, times in requests:
+        answer = {"predictions": [0.0, 0.0], "probabilities": None, "ids": ids, "times": times}
+        w.add_predictions(
+            PredictionColumns.of_frame(feats, schema, bento=bento, model=model, **answer)
+        )
+    w.close()
+    frame = read_window(proj, T0, T0 + timedelta(hours=1)).frame.set_index("inference_id")
+    assert frame.loc[["a0", "a1", "b0", "b1"], "bento"].tolist() == [
+        "blue:1",
+        "blue:1",
+        "green:2",
+        "green:2",
+    ]
+    assert frame.loc[["a0", "b1"], "model"].tolist() == ["m:1", "m:2"]
+    stamps = frame.loc[["a0", "a1", "b0", "b1"], "timestamp"].tolist()
+    assert stamps == [
+        pd.Timestamp("2011-04-01T08:00:00.000007Z"),
+        pd.Timestamp("2011-04-01T08:00:00.000007Z"),
+        pd.Timestamp("2011-04-01T08:00:01Z"),
+        pd.Timestamp("2011-04-01T08:00:02Z"),
+    ]
+    assert len(list(tmp_path.rglob("*.parquet"))) == 1  # one flush, one file
+
+
 def test_columns_past_the_buffer_are_dropped_and_counted(tmp_path):
     proj = project(tmp_path)
     w = writer(proj, max_buffer=4)
