@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -31,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import goal, median, pin_threads, ratio, rss_mib, timed
+from bench.common import goal, median, pin_threads, ratio, rss_mib, run_child, timed
 
 pin_threads()
 
@@ -219,16 +218,8 @@ def memory_case(ref_path: Path, cur_path: Path) -> dict:
 
 # ---------------------------------------------------------------- parent
 def child(mode: str, ref_path: Path, cur_path: Path, *extra: str) -> dict:
-    """Run one measurement in a fresh interpreter; its last stdout line is its JSON result."""
-    done = subprocess.run(
-        [sys.executable, __file__, f"--{mode}", str(ref_path), str(cur_path), *extra],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{mode} child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh interpreter."""
+    return run_child(__file__, f"--{mode}", str(ref_path), str(cur_path), *extra)
 
 
 def run_size(rows: int, repeats: int, tmp: Path) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import warnings
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import emit, goal, median, pin_threads, ratio, rss_mib, timed
+from bench.common import emit, goal, median, pin_threads, ratio, rss_mib, run_child, timed
 
 pin_threads()
 
@@ -199,15 +198,7 @@ def memory_child(root: Path, max_rows: int) -> dict:
 
 
 def child(root: Path, max_rows: int) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(root), str(max_rows)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"memory child failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, "--memory-child", str(root), str(max_rows))
 
 
 def memory_case(max_rows: int, times: int, tmp: Path) -> None:

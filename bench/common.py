@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -92,3 +93,14 @@ def rss_mib(field: str = "VmRSS") -> float | None:
     except OSError:
         pass
     return None
+
+
+def run_child(script: str, *args: str) -> dict:
+    """Run `script` with `args` in a fresh interpreter (a clean memory baseline); its last
+    stdout line is its JSON result."""
+    done = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} {args[0]} child failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])

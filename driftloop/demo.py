@@ -117,12 +117,13 @@ def reset_story(project: Project) -> None:
     and no captured traffic, monitor history or open Slack thread left by an earlier run."""
     import shutil
 
-    from tasks.capture import capture_root
+    from tasks.capture import capture_store
     from tasks.data import create_from_source
     from tasks.monitor.history import history_dir
 
-    for path in (capture_root(project), history_dir(project)):
-        shutil.rmtree(path, ignore_errors=True)
+    store = capture_store(project)  # a directory or an s3:// prefix
+    store.fs.delete_dir_contents(store.root, missing_dir_ok=True)
+    shutil.rmtree(history_dir(project), ignore_errors=True)
     (project.state_dir / "slack_threads.json").unlink(missing_ok=True)
     if project.config.data.source is not None:
         create_from_source(project)  # the same bytes as the committed winter data rev

@@ -9,7 +9,6 @@ starts inherits them; each test works under its own prefix of the bucket.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 import uuid
@@ -21,7 +20,7 @@ import httpx
 import pyarrow.fs as pafs
 import pytest
 
-from tests.support import BIN, free_port
+from tests.support import BIN, free_port, stop_group
 
 BUCKET = "driftloop-tests"
 CREDENTIALS = {
@@ -88,13 +87,7 @@ def start_s3_server(log: Path, timeout: float = 60) -> S3Server:
 
 
 def stop_s3_server(server: S3Server) -> None:
-    if server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait(10)
+    stop_group(server.process)
 
 
 @pytest.fixture(scope="session")

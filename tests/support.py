@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -111,3 +113,16 @@ def prefect_post(url: str, path: str, body: dict, auth: tuple[str, str] | None) 
     if token.status_code == 200:
         headers = {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client_id}
     return httpx.post(f"{url}{path}", json=body, auth=auth, headers=headers, timeout=30)
+
+
+def stop_group(process: subprocess.Popen, grace: float = 10) -> None:
+    """End a server this test started in its own session: SIGTERM to its process group, SIGKILL
+    after `grace` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)

@@ -9,7 +9,6 @@ host reboot or `driftloop down`/`up` would; the run waits in the approval step o
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import BIN, free_port
+from tests.support import BIN, free_port, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 RESTARTS = 20
@@ -63,14 +62,8 @@ class Server:
         raise AssertionError(f"Prefect server not healthy within {deadline} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        if self.process is not None:
+            stop_group(self.process, grace=20)
 
 
 @pytest.fixture

@@ -161,3 +161,25 @@ def test_supervisord_starts_without_secrets_and_the_worker_gets_them(monkeypatch
     others = [s for s in services(project) if s.name != "prefect-worker"]
     for svc in others:
         assert not [k for k in svc.env if is_secret(k) and "AUTH_STRING" not in k], svc.name
+
+
+def test_a_slot_gets_the_stores_credentials_only_when_capture_is_on_s3(monkeypatch, tmp_path):
+    """supervisord starts its programs without secrets: a slot writing to S3 gets the AWS
+    variables in its own section, a slot writing to a local directory gets none."""
+    from tasks.release.serving import capture_env
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "slack")
+    local = capture_env(_project(tmp_path / "local"))
+    assert not [k for k in local if k.startswith("AWS_")]
+
+    def on_s3(raw: dict) -> None:
+        raw["capture"]["path"] = "s3://bucket/capture"
+        raw["storage"] = {"endpoint_url": "http://127.0.0.1:9"}
+
+    remote = capture_env(_project(tmp_path / "s3", on_s3))
+    assert remote["AWS_ACCESS_KEY_ID"] == "key-id" and remote["AWS_SECRET_ACCESS_KEY"] == "secret"
+    assert remote["DRIFTLOOP_CAPTURE_DIR"] == "s3://bucket/capture"
+    assert remote["DRIFTLOOP_STORAGE_ENDPOINT_URL"] == "http://127.0.0.1:9"
+    assert "SLACK_BOT_TOKEN" not in remote
