@@ -61,6 +61,19 @@ def _one_line(value: str) -> str:
 OneLine = Annotated[str, AfterValidator(_one_line)]
 
 
+def store_location(value: str) -> str:
+    """A store the loop can reach: a directory, or s3://BUCKET[/PREFIX] (an S3-compatible store
+    through storage.endpoint_url)."""
+    if "://" in value and not value.startswith("s3://"):
+        raise ValueError(
+            f"{value!r}: use a directory or an s3://bucket/prefix URL "
+            "(GCS, Azure and others through their S3-compatible endpoint: storage.endpoint_url)"
+        )
+    if value.startswith("s3://") and not value.removeprefix("s3://").strip("/"):
+        raise ValueError(f"{value!r} names no bucket; write s3://BUCKET/PREFIX")
+    return value
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,17 +116,7 @@ class DataConfig(Section):
         "(on storage.endpoint_url); set in .dvc/config.local, never committed.",
     )
 
-    @field_validator("remote")
-    @classmethod
-    def _remote_supported(cls, value: str) -> str:
-        if "://" in value and not value.startswith("s3://"):
-            raise ValueError(
-                f"{value!r}: the DVC remote is a directory or an s3://bucket/prefix URL "
-                "(an S3-compatible store is reached through storage.endpoint_url)"
-            )
-        if value.startswith("s3://") and not value.removeprefix("s3://").strip("/"):
-            raise ValueError(f"{value!r} names no bucket; write s3://BUCKET/PREFIX")
-        return value
+    _remote_supported = field_validator("remote")(lambda value: store_location(value))
 
     @model_validator(mode="after")
     def _lists_consistent(self) -> DataConfig:
@@ -244,6 +247,8 @@ class CaptureConfig(Section):
         ".driftloop/capture",
         description="Root of the dt=/hour= partitions: a directory or s3://bucket/prefix.",
     )
+
+    _path_supported = field_validator("path")(lambda value: store_location(value))
     sample_rate: float = Field(1.0, gt=0, le=1, description="Share of requests recorded.")
     flush_seconds: float = Field(1.0, gt=0, le=60, description="How often buffers hit disk.")
     max_event_future_seconds: float = Field(

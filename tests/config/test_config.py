@@ -145,6 +145,19 @@ def test_bad_endpoint_url(tmp_path):
     assert "endpoints.prometheus: must be an http(s) URL with host and port" in msg
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("capture", "path", "gs://bucket/capture", "use a directory or an s3://bucket/prefix URL"),
+        ("capture", "path", "s3://", "names no bucket; write s3://BUCKET/PREFIX"),
+        ("data", "remote", "https://example.org/dvc", "use a directory or an s3://bucket/prefix"),
+    ],
+)
+def test_a_store_the_loop_cannot_reach_is_refused_at_load(tmp_path, section, key, value, expected):
+    msg = error_of(tmp_path, lambda raw: raw[section].update({key: value}))
+    assert f"{section}.{key}: {value!r}" in msg and expected in msg
+
+
 def test_missing_column_names_key_and_nearest_column(tmp_path):
     path = write(tmp_path, lambda raw: raw["data"]["numeric"].append("tmp"))
     (tmp_path / "data").mkdir()
