@@ -9,17 +9,21 @@ Cases, one JSON line each:
   it, uncompacted (1,000-row part files at full size, what one-second flushes leave), against
   `pyarrow.parquet.read_table` of the same rows as one local file per table; `read_window_s`
   adds the label join and the one conversion to pandas.
+* `read` with `store: s3`: the same two stores copied to a local S3-API server (moto's, started
+  here on a loopback port) and read through pyarrow's S3 filesystem, against the same local
+  `read_table`: what the HTTP round trips of an object store add.
 * `sample_memory`: peak RSS of reading and checking a window of several x max_rows with
   sampling, in a fresh process, against the same for a window of max_rows rows.
 * `sample_agreement`: drift verdicts per column on uniform samples of max_rows rows (one seed
   per trial) against the full window's, for a quiet and a drifted window.
 
-Usage: python bench/bench_window.py [--size small|full]
+Usage: python bench/bench_window.py [--size small|full] [--no-s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -181,6 +185,65 @@ def read_case(rows: int, per_file: int, repeats: int, tmp: Path) -> None:
     )
 
 
+def on_s3(project, server, url: str):
+    """The same project with its capture store at `url` on the S3-API server."""
+    cfg = project.config
+    capture = cfg.capture.model_copy(update={"path": url})
+    storage = cfg.storage.model_copy(update={"endpoint_url": server.url})
+    return dataclasses.replace(
+        project, config=cfg.model_copy(update={"capture": capture, "storage": storage})
+    )
+
+
+def read_s3_case(rows: int, repeats: int, tmp: Path) -> None:
+    """The read case's stores (left in `tmp` by `read_case`) on a local S3-API server."""
+    import os
+
+    import pyarrow.fs as pafs
+
+    from tests.s3_server import CREDENTIALS, start_s3_server, stop_s3_server
+
+    os.environ.update(CREDENTIALS)
+    server = start_s3_server(tmp / "moto.log")
+    try:
+        projects = {}
+        for name in ("loose", "compact"):
+            url = server.prefix(name)
+            pafs.copy_files(
+                str(tmp / name),
+                url.removeprefix("s3://"),
+                destination_filesystem=server.filesystem(),
+            )
+            local = project_at(tmp / name, make_frames(10)[0])
+            projects[name] = on_s3(local, server, url)
+        one = [tmp / f"{name}.parquet" for name in ("predictions", "labels")]
+        assert read_both(projects["compact"]) == read_both(projects["loose"]) == rows
+        times: dict[str, list[float]] = {k: [] for k in ("one", "compact", "loose")}
+        for _ in range(repeats):
+            times["one"].append(timed(lambda: [pq.read_table(p) for p in one])[0])
+            times["compact"].append(timed(lambda: read_both(projects["compact"]))[0])
+            times["loose"].append(timed(lambda: read_both(projects["loose"]))[0])
+    finally:
+        stop_s3_server(server)
+    t = {k: median(v) for k, v in times.items()}
+    compacted = ratio(t["compact"], t["one"])
+    emit(
+        {
+            "bench": "read",
+            "case": f"{rows}-s3",
+            "store": "s3",
+            "rows": rows,
+            "repeats": repeats,
+            "read_table_one_file_s": round(t["one"], 3),
+            "compacted_s": round(t["compact"], 3),
+            "uncompacted_s": round(t["loose"], 3),
+            "compacted_over_read_table": compacted,
+            "uncompacted_over_read_table": ratio(t["loose"], t["one"]),
+            "goals": {"compacted_over_read_table": goal(compacted, "<=", 2.0)},
+        }
+    )
+
+
 # ---------------------------------------------------------------- sampling: memory
 def memory_child(root: Path, max_rows: int) -> dict:
     """Peak RSS of the monitor's read (sampled past max_rows) and the checks, in this process."""
@@ -268,6 +331,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--memory-child", nargs=2, metavar=("ROOT", "MAX_ROWS"))
+    parser.add_argument(
+        "--no-s3", dest="s3", action="store_false", help="skip the read on the S3-API server"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.memory_child:
@@ -280,6 +346,8 @@ def main() -> None:
     max_rows = size["max_rows"] or MONITOR_DEFAULTS.max_rows
     with tempfile.TemporaryDirectory(prefix="bench_window_") as tmp:
         read_case(size["read"], size["per_file"], REPEATS[args.size], Path(tmp))
+        if args.s3:
+            read_s3_case(size["read"], REPEATS[args.size], Path(tmp))
         memory_case(max_rows, size["times"], Path(tmp))
         agreement_case(max_rows, size["times"], size["trials"])
 
