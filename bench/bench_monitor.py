@@ -12,19 +12,25 @@ labelled an hour later. Cases, one JSON line each:
   first, as earlier monitor runs would have done to a closed hour; the read of the same window
   as one-second files is reported beside. `quiet` windows come from the training months (no
   drift: no report, no notice); `drift` windows from the summer (report and Slack notice).
+* `monitor` with `store: s3` (the largest quiet window): the same store, compacted, copied to a
+  local S3-API server (moto's, started here on a loopback port) and named by the config, so the
+  flow and the check step read it through pyarrow's S3 filesystem.
 * `notice` (per drift window): from the moment the run's result is saved (its record's
   `finished_at`) to the notice's arrival at the local Slack Web API.
 
-Usage: python bench/bench_monitor.py [--size small|full] [--rows 100000,1000000]
+Usage: python bench/bench_monitor.py [--size small|full] [--rows 100000,1000000] [--no-s3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -176,8 +182,47 @@ def compact(live: Live, day: datetime) -> tuple[float, float]:
     return read_s, compact_s
 
 
-def measure(live: Live, rows: int, name: str, day: datetime, repeats: int) -> None:
-    uncompacted_read_s, compact_s = compact(live, day)
+@contextlib.contextmanager
+def on_s3(live: Live, tmp: Path) -> Iterator[None]:
+    """The copy's capture store as it is now on a local S3-API server, named by the config (and
+    the project the benchmark reads) while the block runs."""
+    import pyarrow.fs as pafs
+
+    from config.loader import load_project
+    from tasks.capture import capture_root
+    from tests.s3_server import CREDENTIALS, start_s3_server, stop_s3_server
+    from tests.support import edit_config
+
+    os.environ.update(CREDENTIALS)
+    server = start_s3_server(tmp / "moto.log")
+    local = live.project
+    url = server.prefix("capture")
+    try:
+        pafs.copy_files(
+            str(capture_root(local)),
+            url.removeprefix("s3://"),
+            destination_filesystem=server.filesystem(),
+        )
+
+        def point(path: str, endpoint: str) -> Callable[[dict], None]:
+            return lambda raw: raw.update(
+                capture={**raw["capture"], "path": path},
+                storage={**raw.get("storage", {}), "endpoint_url": endpoint},
+            )
+
+        edit_config(local.root, point(url, server.url), commit=False)
+        live.project = load_project(local.path)
+        yield
+    finally:
+        edit_config(local.root, point(local.config.capture.path, ""), commit=False)
+        live.project = local
+        stop_s3_server(server)
+
+
+def measure(
+    live: Live, rows: int, name: str, day: datetime, repeats: int, store: str = "local"
+) -> None:
+    uncompacted_read_s, compact_s = compact(live, day) if store == "local" else (None, None)
     flows: list[float] = []
     checks: list[dict[str, float]] = []
     delays: list[float] = []
@@ -197,7 +242,8 @@ def measure(live: Live, rows: int, name: str, day: datetime, repeats: int) -> No
     emit(
         {
             "bench": "monitor",
-            "case": f"{rows}-{name}",
+            "case": f"{rows}-{name}" + ("" if store == "local" else f"-{store}"),
+            "store": store,
             "rows": rows,
             "window": name,
             "repeats": repeats,
@@ -209,8 +255,10 @@ def measure(live: Live, rows: int, name: str, day: datetime, repeats: int) -> No
             "flow_s": round(flow_s, 3),
             "check_s": round(check_s, 3),
             "read_window_s": round(median(c["read_window_s"] for c in checks), 3),
-            "read_window_uncompacted_s": round(uncompacted_read_s, 3),
-            "compaction_s": round(compact_s, 3),
+            "read_window_uncompacted_s": None
+            if uncompacted_read_s is None
+            else round(uncompacted_read_s, 3),
+            "compaction_s": None if compact_s is None else round(compact_s, 3),
             "flow_over_check": overhead,
             "all_flow_s": [round(f, 3) for f in flows],
             "goals": {"flow_over_check": goal(overhead, "<=", 3.0)},
@@ -240,6 +288,9 @@ def main() -> None:
     parser.add_argument("--size", choices=("small", "full"), default="full")
     parser.add_argument("--rows", default=None, help="comma-separated row counts (overrides size)")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument(
+        "--no-s3", dest="s3", action="store_false", help="skip the run on the S3-API server"
+    )
     args = parser.parse_args()
     sizes = tuple(int(r) for r in args.rows.split(",")) if args.rows else SIZES[args.size]
     repeats = args.repeats or REPEATS[args.size]
@@ -255,6 +306,9 @@ def main() -> None:
             if i == 0:
                 run_flow(live, day)  # warm-up: imports and the first API calls
             measure(live, rows, name, day, repeats)
+            if args.s3 and name == "quiet" and rows == max(sizes):
+                with on_s3(live, Path(tmp)):
+                    measure(live, rows, name, day, repeats, store="s3")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,13 @@ def test_window_read_and_sampling():
 @pytest.mark.integration
 def test_monitor_flow_cost_and_notice():
     lines = run_bench("bench_monitor")
-    monitor = {line["window"]: line for line in by_bench(lines, "monitor")}
+    lines_by_store = {"local": [], "s3": []}
+    for line in by_bench(lines, "monitor"):
+        lines_by_store[line["store"]].append(line)
+    monitor = {line["window"]: line for line in lines_by_store["local"]}
+    (on_s3,) = lines_by_store["s3"]  # the quiet window, read from the S3-API server
+    assert on_s3["window"] == "quiet" and on_s3["verdict"] == "no_drift"
+    assert on_s3["rows_checked"] == monitor["quiet"]["rows_checked"] == 10_000
     assert monitor["quiet"]["verdict"] == "no_drift" and not monitor["quiet"]["report_written"]
     assert monitor["drift"]["verdict"] == "drift" and monitor["drift"]["report_written"]
     for line in monitor.values():
