@@ -51,10 +51,6 @@ def compact_pausing_at(root: Path, step: str, occurrence: int, marker: Path) -> 
     compact_store(local_store(root), quiet_seconds=0, grace_seconds=0, on_step=pause)
 
 
-def compact(root: Path) -> None:
-    compact_store(local_store(root), quiet_seconds=0, grace_seconds=0)
-
-
 def wait_for(path: Path, child, timeout: float = 20) -> None:
     end = time.monotonic() + timeout
     while not path.exists():
@@ -102,16 +98,31 @@ def test_a_kill_at_any_step_loses_nothing(tmp_path: Path, step: str, occurrence:
     assert_finished(store, root)
 
 
+STEP_SECONDS = 0.02  # each step of a run takes at least this long: kills land within it
+
+
+def compact_steadily(root: Path) -> None:
+    """The child: a whole run whose steps each take STEP_SECONDS, so a kill drawn within the
+    run's length lands mid-run on a fast machine and on a loaded one alike."""
+    compact_store(
+        local_store(root),
+        quiet_seconds=0,
+        grace_seconds=0,
+        on_step=lambda _: time.sleep(STEP_SECONDS),
+    )
+
+
 def test_kills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
     pick = random.Random(18)
+    steps = HOURS * (2 + FILES)  # written, committed, and a delete per source, each hour
     interrupted = 0
     for trial in range(10):
         root = tmp_path / f"trial-{trial}"
         store = local_store(root)
         fill(store)
-        child = FORK.Process(target=compact, args=(root,))
+        child = FORK.Process(target=compact_steadily, args=(root,))
         child.start()
-        time.sleep(pick.uniform(0, 0.08))
+        time.sleep(pick.uniform(0, steps * STEP_SECONDS))
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)
         child.join(10)
