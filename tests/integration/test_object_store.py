@@ -227,7 +227,7 @@ def test_dvc_push_and_pull_through_an_s3_remote(tmp_path: Path, s3_server):
         raw.setdefault("storage", {})["endpoint_url"] = s3_server.url
 
     edit_config(root, on_s3)
-    pushed = driftloop(root, "data").stdout
+    pushed = " ".join(driftloop(root, "data").stdout.split())  # the console wraps long lines
     md5 = re.search(r"DVC md5 ([0-9a-f]{32})", pushed).group(1)
     objects = s3_server.keys(remote)
     expected = f"{remote.removeprefix('s3://')}/files/md5/{md5[:2]}/{md5[2:]}"
@@ -240,6 +240,6 @@ def test_dvc_push_and_pull_through_an_s3_remote(tmp_path: Path, s3_server):
 
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(root), str(clone)], tmp_path)
-    pulled = driftloop(clone, "data").stdout
+    pulled = " ".join(driftloop(clone, "data").stdout.split())
     assert f"data data/train.csv: pulled, DVC md5 {md5}" in pulled
     assert (clone / "data" / "train.csv").read_bytes() == (root / "data" / "train.csv").read_bytes()
