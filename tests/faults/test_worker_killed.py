@@ -72,7 +72,7 @@ def test_kill_9_during_a_retrain_step(retrain_rig, step):
     def crash_notice():
         return [b for b in slack.posted() if run_id in b.get("text", "") and "crashed" in b["text"]]
 
-    (notice,) = wait_until(crash_notice, 60, "the crash notice")
+    (notice,) = wait_until(crash_notice, 120, "the crash notice")  # the worker runs the hook
     assert retrain_rig.serving_bento in notice["text"] and "Nothing was promoted" in notice["text"]
 
     # serving unchanged, nothing half-built, nothing left open or running
