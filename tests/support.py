@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,3 +127,17 @@ def stop_group(process: subprocess.Popen, grace: float = 10) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
+
+
+def wait_answering(url: str, process: subprocess.Popen, timeout: float, what: str) -> None:
+    """Until GET `url` answers 200; fail naming `what` if `process` exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, f"{what} exited at start"
+        assert time.monotonic() < deadline, f"{what} not ready within {timeout:.0f} s"
+        time.sleep(0.2)

@@ -16,7 +16,7 @@ import yaml
 from config.loader import load_project
 from tasks.render.runtime import write_runtime
 from tests.fakes.webhook import Webhook
-from tests.support import ROOT, free_port
+from tests.support import ROOT, free_port, wait_answering
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 GROUP_WAIT = 2  # seconds; the rendered 30s only slows the test, grouping is the same
@@ -48,15 +48,7 @@ def alertmanager(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "not ready"
-            time.sleep(0.2)
+        wait_answering(f"{url}/-/ready", process, 30, "Alertmanager")
         yield url, hook
     finally:
         process.terminate()

@@ -23,7 +23,15 @@ import httpx
 import pytest
 
 from tests.s3_server import S3Server
-from tests.support import copy_project, driftloop, edit_config, free_port, sh, stop_group
+from tests.support import (
+    copy_project,
+    driftloop,
+    edit_config,
+    free_port,
+    sh,
+    stop_group,
+    wait_answering,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -194,16 +202,7 @@ def pushgateway(url: str) -> Iterator[None]:
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "the Pushgateway exited at start"
-            assert time.monotonic() < deadline, "the Pushgateway not ready within 20 s"
-            time.sleep(0.2)
+        wait_answering(f"{url}/-/ready", process, 20, "the Pushgateway")
         yield
     finally:
         stop_group(process)
