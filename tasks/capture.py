@@ -35,8 +35,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
-from model.capture import LABELS, PREDICTIONS, capture_schema
-from model.store import Store, open_store
+from model.capture import (
+    CAPTURE_DIR_ENV,
+    FLUSH_SECONDS_ENV,
+    LABELS,
+    MAX_AGE_DAYS_ENV,
+    MAX_FUTURE_SECONDS_ENV,
+    PREDICTIONS,
+    SAMPLE_RATE_ENV,
+    capture_schema,
+)
+from model.store import ENDPOINT_ENV, Store, is_url, open_store
 from tasks.compaction import CompactionError, visible_files
 
 log = logging.getLogger("driftloop.capture")
@@ -77,6 +86,22 @@ class Window:
 
 def capture_root(project: Project) -> Path:
     return project.resolve(project.config.capture.path)
+
+
+def server_settings(project: Project) -> dict[str, str]:
+    """The capture settings a bento server reads from its environment (model/capture.py), from
+    config: the store (an s3:// URL as it is, a directory made absolute), its endpoint, the
+    sampling and flush, and the event-time limits. A setting with no value is empty."""
+    capture = project.config.capture
+    age = capture.max_event_age_days
+    return {
+        CAPTURE_DIR_ENV: capture.path if is_url(capture.path) else str(capture_root(project)),
+        ENDPOINT_ENV: project.config.storage.endpoint_url,
+        SAMPLE_RATE_ENV: str(capture.sample_rate),
+        FLUSH_SECONDS_ENV: str(capture.flush_seconds),
+        MAX_FUTURE_SECONDS_ENV: str(capture.max_event_future_seconds),
+        MAX_AGE_DAYS_ENV: "" if age is None else str(age),
+    }
 
 
 def capture_store(project: Project) -> Store:

@@ -17,15 +17,9 @@ from pathlib import Path
 import httpx
 
 from config.loader import Project
-from model.capture import (
-    CAPTURE_DIR_ENV,
-    FLUSH_SECONDS_ENV,
-    MAX_AGE_DAYS_ENV,
-    MAX_FUTURE_SECONDS_ENV,
-    SAMPLE_RATE_ENV,
-    TOKEN_ENV,
-)
+from model.capture import CAPTURE_DIR_ENV, TOKEN_ENV
 from model.store import ENDPOINT_ENV, credential_env, is_url
+from tasks.capture import server_settings
 from tasks.commands import CommandError, bin_path, tool_env
 from tasks.release.package import bentoml_home
 from tasks.stack.nginx import write_upstream
@@ -59,25 +53,15 @@ def slot_home(project: Project, port: int) -> Path:
 
 
 def capture_env(project: Project) -> dict[str, str]:
-    """The service's capture settings, from config (see model/capture.py): the store, a directory
-    or an s3:// URL and its endpoint (storage.endpoint_url, else this environment's), and the
-    endpoints' bearer token when DRIFTLOOP_CAPTURE_TOKEN is set here (secrets only ever from the
-    environment). A store on S3 also gets this environment's AWS credentials: supervisord starts
-    its programs without secrets, so a slot has only those its own section names."""
-    capture = project.config.capture
-    age = capture.max_event_age_days
-    return {
-        CAPTURE_DIR_ENV: capture.path
-        if is_url(capture.path)
-        else str(project.resolve(capture.path)),
-        ENDPOINT_ENV: project.config.storage.endpoint_url or os.environ.get(ENDPOINT_ENV, ""),
-        SAMPLE_RATE_ENV: str(capture.sample_rate),
-        FLUSH_SECONDS_ENV: str(capture.flush_seconds),
-        MAX_FUTURE_SECONDS_ENV: str(capture.max_event_future_seconds),
-        MAX_AGE_DAYS_ENV: "" if age is None else str(age),
-        **token_env(),
-        **(credential_env() if is_url(capture.path) else {}),
-    }
+    """A slot's capture settings (`server_settings`), the endpoint falling back to this
+    environment's, and the endpoints' bearer token when DRIFTLOOP_CAPTURE_TOKEN is set here
+    (secrets only ever from the environment). A store on S3 also gets this environment's AWS
+    credentials: supervisord starts its programs without secrets, so a slot has only those its
+    own section names."""
+    settings = server_settings(project)
+    settings[ENDPOINT_ENV] = settings[ENDPOINT_ENV] or os.environ.get(ENDPOINT_ENV, "")
+    on_s3 = is_url(project.config.capture.path)
+    return {**settings, **token_env(), **(credential_env() if on_s3 else {})}
 
 
 def token_env() -> dict[str, str]:

@@ -17,14 +17,8 @@ import math
 import re
 
 from config.loader import Project
-from model.capture import (
-    CAPTURE_DIR_ENV,
-    FLUSH_SECONDS_ENV,
-    MAX_AGE_DAYS_ENV,
-    MAX_FUTURE_SECONDS_ENV,
-    SAMPLE_RATE_ENV,
-)
-from model.store import ENDPOINT_ENV, is_url
+from model.store import is_url
+from tasks.capture import server_settings
 from tasks.render.files import yaml_text
 from tasks.render.names import API_CALLS
 
@@ -143,23 +137,12 @@ def container(project: Project, version: str) -> dict:
 
 
 def capture_env(project: Project) -> list[dict]:
-    """The capture settings of a pod (model/capture.py): nothing unless `capture.path` is an
+    """The capture settings of a pod (`server_settings`): nothing unless `capture.path` is an
     s3:// URL, since a pod's own disk is neither shared nor kept."""
-    cfg = project.config
-    capture = cfg.capture
-    if not is_url(capture.path):
+    if not is_url(project.config.capture.path):
         return []
-    age = capture.max_event_age_days
-    values = {
-        CAPTURE_DIR_ENV: capture.path,
-        ENDPOINT_ENV: cfg.storage.endpoint_url,
-        SAMPLE_RATE_ENV: str(capture.sample_rate),
-        FLUSH_SECONDS_ENV: str(capture.flush_seconds),
-        MAX_FUTURE_SECONDS_ENV: str(capture.max_event_future_seconds),
-        MAX_AGE_DAYS_ENV: "" if age is None else str(age),
-    }
     secret = storage_secret(project)
-    return [{"name": k, "value": v} for k, v in values.items() if v] + [
+    return [{"name": k, "value": v} for k, v in server_settings(project).items() if v] + [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for key in CREDENTIAL_KEYS
     ]
