@@ -113,11 +113,24 @@ def kill_tree(pid: int) -> None:
 def kill_run(run_id: str, seconds: float = 10) -> None:
     """SIGKILL every process of a flow run, again until none is left: a child the run started
     just as its parent was killed would otherwise outlive it, which a lost host never allows."""
+    first = flow_pids(run_id)
+    runners = {parent_of(pid) for pid in first}  # the worker's runner, which outlives the run
     deadline = time.monotonic() + seconds
-    while (pids := flow_pids(run_id)) and time.monotonic() < deadline:
+    pids = first
+    while pids and time.monotonic() < deadline:
         for pid in pids:
             kill_tree(pid)
         time.sleep(0.05)
+        # a new child of the runner is its crash-hook process, started because the run died:
+        # a lost host takes the run, not the worker that reports it
+        pids = [p for p in flow_pids(run_id) if p in first or parent_of(p) not in runners]
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def bentos(project) -> set[str]:
