@@ -296,6 +296,33 @@ class MonitorConfig(Section):
         description="Larger windows are checked on a uniform sample of this many rows.",
     )
     workers: int = Field(2, ge=1, le=64, description="Threads computing column drift.")
+    change_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="A sudden change when this share of columns drifts against the previous "
+        "usable window (None: drift_share).",
+    )
+
+
+class EstimateConfig(Section):
+    """Model quality estimated without labels, from the serving model's own outputs."""
+
+    enabled: bool = Field(True, description="Fit the estimator in `dvc repro`, use it per window.")
+    confidence: float = Field(
+        0.9, gt=0.5, lt=1, description="The band holds the realised metric this often."
+    )
+    max_rows: int = Field(
+        20_000, ge=500, description="A window's estimate uses a uniform sample of this many rows."
+    )
+    fit_share: float = Field(
+        0.5,
+        gt=0.1,
+        lt=0.9,
+        description="Share of the held-out set that fits the calibrator or nanny model; the rest "
+        "measures the band.",
+    )
+    seed: int = 42
 
 
 MONITOR_DEFAULTS = MonitorConfig()  # the one place monitor defaults are written: above
@@ -317,7 +344,7 @@ class PolicyConfig(Section):
     """When the monitor starts a retrain."""
 
     consecutive_windows: int = Field(2, ge=1, description="Bad windows in a row that trigger.")
-    triggers: list[Literal["dataset_drift", "quality"]] = Field(
+    triggers: list[Literal["dataset_drift", "quality", "estimated_quality"]] = Field(
         default_factory=lambda: ["dataset_drift", "quality"],
         description="What makes a window bad.",
     )
@@ -451,6 +478,7 @@ class DriftloopConfig(Section):
     storage: StorageConfig = StorageConfig()
     capture: CaptureConfig = CaptureConfig()
     monitor: MonitorConfig = MonitorConfig()
+    estimate: EstimateConfig = EstimateConfig()
     policy: PolicyConfig = PolicyConfig()
     retrain: RetrainConfig = RetrainConfig()
     gate: GateConfig = GateConfig()

@@ -177,6 +177,7 @@ def _card(r: PendingRequest) -> Table:
         ("gate", "\n".join(_gate(g) for g in ev.gate) or "-"),
         ("drift", _drift(ev) or "-"),
         ("quality", "\n".join(_quality(q) for q in ev.quality) or "-"),
+        *([("estimated", _estimated(ev))] if ev.estimated else []),
         ("evidence", r.evidence_hash),
         ("age", f"{_age(r.age_seconds)}, expires {expires}"),
     ]
@@ -192,6 +193,17 @@ def _quality(q: QualityRow) -> str:
     """E.g. 'roc_auc 0.7123 (model's own 0.9512)'."""
     own = f" (model's own {_num(q.reference)})" if q.reference is not None else ""
     return f"{q.metric} {_num(q.current)}{own}" if q.current is not None else f"{q.metric} -"
+
+
+def _estimated(ev: Evidence) -> str:
+    """The card's estimate lines, e.g. 'rmse: estimated 97.3 (90% band 88.1 to 106.5), no labels
+    yet', under a warning when the estimate is the only quality evidence."""
+    from tasks.approval.card import estimate_lines
+
+    lines = [line.replace("`", "") for line in estimate_lines(ev)]
+    if ev.estimated_only:
+        lines.insert(0, "the evidence is an estimate: no labels judged this window")
+    return "\n".join(lines)
 
 
 def _drift(ev: Evidence, limit: int = 5) -> str:

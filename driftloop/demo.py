@@ -38,6 +38,7 @@ class WindowRow:
     quality: str
     served_by: str
     policy: str
+    estimated: str = "-"
 
 
 def step(text: str) -> None:
@@ -155,6 +156,7 @@ def replay_and_monitor(project: Project, month: str, start: datetime, end: datet
         f"  monitor: {outcome['verdict']}, drift share {outcome['drift_share']:.0%}, "
         f"{quality}; policy: {outcome['policy']}"
     )
+    console.print(f"  {_estimate_line(project, outcome)}")
     console.print(f"  run: {url}")
     if outcome["report"]:
         console.print(f"  report: {outcome['report'][0]}")
@@ -171,6 +173,7 @@ def replay_and_monitor(project: Project, month: str, start: datetime, end: datet
         quality,
         release.bento if release else "-",
         outcome["policy"],
+        _estimate_cell(project, outcome),
     )
 
 
@@ -277,6 +280,7 @@ def replay_during_release(project: Project, run_id: str, month: str, start, end)
     with console.status(f"monitor deployment on {month} ..."):
         outcome, url = run_monitor_deployment(project, start, end)
     console.print(f"  monitor: {outcome['verdict']}, {_quality(project, outcome)}; run: {url}")
+    console.print(f"  {_estimate_line(project, outcome)}")
     return WindowRow(
         month,
         outcome["rows"],
@@ -284,6 +288,7 @@ def replay_during_release(project: Project, run_id: str, month: str, start, end)
         _quality(project, outcome),
         f"{before.bento} -> {after.bento}",
         outcome["policy"],
+        _estimate_cell(project, outcome),
     )
 
 
@@ -337,13 +342,37 @@ def _quality(project: Project, outcome: dict) -> str:
     return f"{metric} {value:.4g}" if value is not None else f"{metric} - (too few labels)"
 
 
+def _estimate_line(project: Project, outcome: dict) -> str:
+    """E.g. 'estimated rmse 91.2 (90% band 80.4 to 102.0) before the labels; realised 95.1'."""
+    metric = project.config.primary_metric
+    e = (outcome.get("estimated") or {}).get(metric)
+    if e is None:
+        return f"estimated {metric}: - (no estimator for this model)"
+    realised = "-" if e["realised"] is None else f"{e['realised']:.4g}"
+    return (
+        f"estimated {metric} {e['value']:.4g} ({e['confidence']:.0%} band {e['lower']:.4g} to "
+        f"{e['upper']:.4g}) before the labels; realised {realised}"
+    )
+
+
+def _estimate_cell(project: Project, outcome: dict) -> str:
+    """The estimate and the widest side of its band, e.g. '91.2±21'."""
+    e = (outcome.get("estimated") or {}).get(project.config.primary_metric)
+    if e is None:
+        return "-"
+    half = max(e["upper"] - e["value"], e["value"] - e["lower"])
+    return f"{e['value']:.3g}±{half:.2g}"
+
+
 def render_windows(rows: list[WindowRow], out: Console = console) -> None:
-    """Fits 80 columns: bentos show by their model's short version, the full tags below."""
+    """Fits 80 columns: bentos show by their model's short version, the full tags below; the
+    estimate (made before the labels) stands beside the quality the labels gave."""
     table = Table(
         "window",
         "rows",
-        "drift share",
+        "drift",
         "quality",
+        "estimate",
         "served by",
         "policy",
         title="what the monitor saw",
@@ -355,7 +384,8 @@ def render_windows(rows: list[WindowRow], out: Console = console) -> None:
     for r in rows:
         share = "-" if r.drift_share is None else f"{r.drift_share:.0%}"
         policy = r.policy.split(":")[0].split(";")[0].split(" (")[0]
-        table.add_row(r.month, str(r.rows), share, r.quality, _served(r, legend), policy)
+        served = _served(r, legend)
+        table.add_row(r.month, str(r.rows), share, r.quality, r.estimated, served, policy)
     out.print(table)
     for short, tag in legend.items():
         out.print(f"  {short}: {tag}", highlight=False, soft_wrap=True)

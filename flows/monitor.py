@@ -13,9 +13,11 @@ from tasks.capture import capture_store, read_current
 from tasks.compaction import compact_capture
 from tasks.metrics import push_metrics
 from tasks.monitor.checks import check_window
+from tasks.monitor.estimation import estimate_window
 from tasks.monitor.history import record_trigger, save_record
 from tasks.monitor.outcome import (
     assess,
+    estimated_values,
     monitor_links,
     monitor_metrics,
     monitor_record,
@@ -26,8 +28,9 @@ from tasks.monitor.outcome import (
 )
 from tasks.monitor.reference import read_reference
 from tasks.monitor.reports import publish_artifacts, write_report
+from tasks.monitor.window_change import find_previous_window, save_profile
 from tasks.notify import close_thread, current_thread, monitor_headline, monitor_notice, send_notice
-from tasks.release.package import read_model
+from tasks.release.package import load_estimator, read_model
 from tasks.release.releases import read_serving
 from tasks.retrain.policy import decide_retrain
 from tasks.retrain.trigger import start_retrain
@@ -70,10 +73,25 @@ def monitor(
         logger.warning("capture compaction failed, the window is read as it is: %s", compacted)
     window = read_current(project, start, end)
 
-    # 3-4. validate and check (bad data is a named verdict inside the result)
+    # 3-4. validate and check (bad data is a named verdict inside the result), against the
+    # reference and against the previous usable window
+    previous = find_previous_window(project)
     result = check_window(
-        reference, window.frame, project, classes=model.classes, held_out=model.held_out
+        reference,
+        window.frame,
+        project,
+        classes=model.classes,
+        held_out=model.held_out,
+        previous=previous.profile if previous else None,
+        previous_run=(previous.run_id, previous.window) if previous else None,
     )
+    # the quality estimated from the model's own outputs, the realised value beside it where
+    # labels arrived (the estimator is stored with the serving model; none: no estimate)
+    if result.usable and project.config.estimate.enabled:
+        estimator = load_estimator(project, serving.model_tag)
+        result.estimated = estimate_window(
+            window.frame, project, estimator, classes=model.classes, quality=result.quality
+        )
     seen = assess(result)
     logger.info("%s: %s", when, result.message)
 
@@ -87,6 +105,8 @@ def monitor(
             report_name(project),
             result.quality,
             sample=window.sample_note,
+            estimated=result.estimated,
+            change=result.change,
         )
 
     # save before publishing: a failed push must not lose the result
@@ -104,6 +124,7 @@ def monitor(
         report_urls,
     )
     save_record(project, record)
+    save_profile(project, run_id, result)
 
     # 5. publish (retried inside the task; a failure is raised after notifying)
     metrics = monitor_metrics(result, window, time.perf_counter() - began)
@@ -146,4 +167,7 @@ def monitor(
         "policy": trigger.reason,
         "report": report_urls,
         "quality": quality_values(result),
+        "estimated": estimated_values(result),
+        "change": result.change.verdict if result.change else None,
+        "estimated_breached": seen.estimated_breached,
     }

@@ -11,3 +11,4 @@ MODEL_FILE = MODEL_DIR / "model.joblib"
 MODEL_META = MODEL_DIR / "meta.json"
 METRICS = Path("artifacts/metrics.json")
 PREDICTIONS_PLOT = Path("artifacts/plots/predictions.csv")
+ESTIMATOR = MODEL_DIR / "estimator.joblib"

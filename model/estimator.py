@@ -22,7 +22,13 @@ def build_pipeline(train: TrainConfig, numeric: list[str], categorical: list[str
     params = dict(train.params)
     if train.seed is not None and "random_state" in inspect.signature(cls).parameters:
         params.setdefault("random_state", train.seed)
-    features = ColumnTransformer(
+    features = feature_encoder(numeric, categorical)
+    return Pipeline([("features", features), ("estimator", cls(**params))])
+
+
+def feature_encoder(numeric: list[str], categorical: list[str]) -> ColumnTransformer:
+    """The features as every model of the project sees them (the performance estimator too)."""
+    return ColumnTransformer(
         [
             ("numeric", _numeric_steps(), numeric),
             ("categorical", _categorical_steps(), categorical),
@@ -30,7 +36,6 @@ def build_pipeline(train: TrainConfig, numeric: list[str], categorical: list[str
         remainder="drop",
         verbose_feature_names_out=False,
     )
-    return Pipeline([("features", features), ("estimator", cls(**params))])
 
 
 def _numeric_steps() -> Pipeline:

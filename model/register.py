@@ -3,7 +3,9 @@
 Run as `python -m model.register`; it prints the exact model tag. The version is derived from the
 model file's content, so registering the same model twice returns the same tag. The model's
 held-out metrics (the `evaluate` stage's) go with it as metadata: the monitor shows them beside
-the same metrics on live traffic.
+the same metrics on live traffic. The performance estimator (the `estimate` stage's) goes with it
+as a custom object, when it was fitted for this very model file: the monitor estimates each
+window's quality with it before the labels arrive.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import joblib
 from config.loader import Project
 from config.schema import METRICS
 from model import artifacts
+from model.estimate import read_estimate
 from model.lineage import file_md5
+from model.performance import ESTIMATOR_KEY
 from model.stage import run_stage
 
 
@@ -37,8 +41,15 @@ def register(project: Project) -> str:
     labels["git_dirty"] = str(lineage["git_dirty"]).lower()
     # BentoML metadata allows no None values: keep the whole description as one JSON string
     metadata = {"driftloop_meta": json.dumps(meta), **held_out_metadata(project, model_file)}
+    estimator = read_estimate(project.resolve(artifacts.ESTIMATOR), model_file)
+    if estimator is not None:
+        metadata["performance_estimator"] = estimator.method
     saved = bentoml.sklearn.save_model(
-        tag, joblib.load(model_file), labels=labels, metadata=metadata
+        tag,
+        joblib.load(model_file),
+        labels=labels,
+        metadata=metadata,
+        custom_objects=None if estimator is None else {ESTIMATOR_KEY: estimator},
     )
     return str(saved.tag)
 

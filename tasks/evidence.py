@@ -33,6 +33,34 @@ class QualityRow(BaseModel):
     reference: float | None = None
 
 
+class EstimateRow(BaseModel):
+    """One metric estimated without labels: the estimate, its band, and the realised value once
+    the labels arrived."""
+
+    metric: str
+    estimate: float
+    lower: float
+    upper: float
+    confidence: float = 0.9
+    realised: float | None = None
+    method: str = ""  # cbpe | dle
+    outside_share: float = 0.0  # rows unlike any the estimator learned from
+
+
+# past this share of rows outside what the estimator learned from, every estimate says so
+OUTSIDE_NOTE_SHARE = 0.05
+
+
+def outside_note(share: float) -> str | None:
+    """What a person must know before trusting an estimate made mostly on unfamiliar rows."""
+    if share < OUTSIDE_NOTE_SHARE:
+        return None
+    return (
+        f"{share:.0%} of the rows lie outside what the estimator learned from (categories or "
+        "values the held-out set lacks): for them the band is an extrapolation"
+    )
+
+
 class GateRow(BaseModel):
     """One gate metric: champion and candidate on the same held-out rows."""
 
@@ -52,6 +80,8 @@ class WindowEvidence(BaseModel):
     drift_share: float | None = None
     drifted: list[DriftRow] = []
     quality: list[QualityRow] = []
+    estimated: list[EstimateRow] = []
+    estimated_only: bool = False  # the quality evidence is an estimate: no labels judged it
 
 
 class Evidence(BaseModel):
@@ -62,6 +92,8 @@ class Evidence(BaseModel):
     drift_summary: str = ""
     drift: list[DriftRow] = []
     quality: list[QualityRow] = []  # model quality on the window's labelled rows
+    estimated: list[EstimateRow] = []  # model quality estimated without labels
+    estimated_only: bool = False
     gate: list[GateRow] = []
     data_rev: str
     candidate: str  # the candidate's exact model tag
@@ -95,6 +127,8 @@ def approval_evidence(
         drift_summary=window.message,
         drift=window.drifted,
         quality=window.quality,
+        estimated=window.estimated,
+        estimated_only=window.estimated_only,
         gate=gate,
         data_rev=data_rev,
         candidate=candidate,

@@ -44,6 +44,11 @@ class MonitorMetrics:
     columns: tuple[tuple[str, str, float | None, float | None, bool], ...] = ()
     quality: tuple[tuple[str, float], ...] = ()
     quality_reference: tuple[tuple[str, float], ...] = ()  # the serving model's held-out values
+    estimated: tuple[tuple[str, float, float, float], ...] = ()  # metric, estimate, lower, upper
+    estimate_error: tuple[tuple[str, float], ...] = ()  # metric, estimate minus realised
+    estimated_breached: bool | None = None  # the primary estimate past its limit beyond the band
+    change_share: float | None = None  # share of columns drifted against the previous window
+    sudden_change: bool | None = None
 
 
 def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = None):
@@ -86,6 +91,39 @@ def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = No
         )
         for name, value in m.quality_reference:
             reference.labels(name).set(value)
+    if m.estimated:
+        metric = ("metric",)
+        value = gauge(
+            "driftloop_estimated_quality", "Model quality estimated without labels", metric
+        )
+        lower = gauge("driftloop_estimated_quality_lower", "Lower end of its band", metric)
+        upper = gauge("driftloop_estimated_quality_upper", "Upper end of its band", metric)
+        for name, estimate, low, high in m.estimated:
+            value.labels(name).set(estimate)
+            lower.labels(name).set(low)
+            upper.labels(name).set(high)
+    if m.estimate_error:
+        error = gauge(
+            "driftloop_estimate_error",
+            "The estimate minus the realised value, once the labels arrived",
+            ("metric",),
+        )
+        for name, diff in m.estimate_error:
+            error.labels(name).set(diff)
+    if m.estimated_breached is not None:
+        gauge(
+            "driftloop_estimated_quality_breached",
+            "1 when the estimated primary metric is past its limit beyond its band",
+        ).set(int(m.estimated_breached))
+    if m.change_share is not None:
+        gauge(
+            "driftloop_window_change_share",
+            "Share of feature columns drifted against the previous usable window",
+        ).set(m.change_share)
+    if m.sudden_change is not None:
+        gauge("driftloop_sudden_change", "1 when the window changed suddenly").set(
+            int(m.sudden_change)
+        )
     gauge(
         "driftloop_monitor_last_success_timestamp_seconds", "Unix time of the last completed run"
     ).set(now if now is not None else time.time())

@@ -29,6 +29,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 
 from config.loader import Project
 from config.secrets import secrets
+from tasks.evidence import outside_note
 
 log = logging.getLogger("driftloop.notify")
 
@@ -218,6 +219,11 @@ def monitor_headline(project: Project, result) -> str:
     quality = result.quality
     if quality is not None and quality.limit_breached:
         parts.append(f"{quality.primary} past its limit")
+    estimated = result.estimated
+    if estimated is not None and estimated.limit_breached:
+        parts.append(f"estimated {estimated.primary} past its limit")
+    if result.change is not None and result.change.verdict == "sudden_change":
+        parts.append("sudden change since the last window")
     return f"{name}: {', '.join(parts)}"
 
 
@@ -264,6 +270,10 @@ def monitor_notice(
         )
     if result.quality is not None and result.quality.metrics:
         blocks.append(_section("*Quality on labelled traffic*\n" + _quality_lines(result.quality)))
+    if result.estimated is not None and result.estimated.metrics:
+        blocks.append(_section(_estimate_text(result.estimated)))
+    if result.change is not None:
+        blocks.append(_section(_change_text(result.change, top)))
     findings = [
         f for f in (result.validation.findings if result.validation else []) if f.severity != "info"
     ]
@@ -325,6 +335,37 @@ def _quality_lines(quality) -> str:
         lines.append(
             f"• {quality.labelled_rows} labelled rows; {quality.min_labels} needed to judge"
         )
+    return "\n".join(lines)
+
+
+def _estimate_text(estimated) -> str:
+    """The estimate of each metric with its band, the realised value beside it once labels came."""
+    method = {"cbpe": "confidence-based", "dle": "direct loss estimation"}[estimated.method]
+    lines = [
+        f"*Quality estimated without labels* ({method}, {estimated.confidence:.0%} band, "
+        f"{estimated.rows:,} rows)"
+    ]
+    for m in estimated.metrics:
+        seen = "no labels yet" if m.realised is None else f"realised {m.realised:.4g}"
+        flag = ""
+        if m.name == estimated.primary and estimated.limit is not None:
+            flag = " :warning: past limit" if estimated.limit_breached else " within limit"
+            flag += f" {estimated.limit:.4g}"
+        lines.append(f"• {m.name}: {m.value:.4g} ({m.lower:.4g} to {m.upper:.4g}), {seen}{flag}")
+    note = outside_note(estimated.outside_share)
+    if note:
+        lines.append(f":warning: {note}")
+    return "\n".join(lines)
+
+
+def _change_text(change, top: int) -> str:
+    """This window against the previous usable one."""
+    title = "*Against the previous window*"
+    if change.previous_window:
+        title += f" ({change.previous_window})"
+    lines = [title, change.message]
+    moved = sorted((c for c in change.columns if c.drifted), key=lambda c: -(c.score or 0))[:top]
+    lines += [f"• `{c.column}` {c.method}: {c.score:.3g}" for c in moved if c.score is not None]
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from tasks.approval.records import UI_IDENTITY, ApprovalRequest, Decision, iso
-from tasks.evidence import Evidence
+from tasks.evidence import Evidence, outside_note
 from tasks.notify import Notice, post_notice, update_notice
 
 ACTION_APPROVE = "driftloop_approve"
@@ -56,6 +56,23 @@ def quality_lines(evidence: Evidence) -> list[str]:
     return lines
 
 
+def estimate_lines(evidence: Evidence) -> list[str]:
+    """E.g. '`rmse`: estimated 97.3 (90% band 88.1 to 106.5), realised 95.0'."""
+    lines = []
+    for e in evidence.estimated:
+        band = f"{e.confidence:.0%} band {_num(e.lower)} to {_num(e.upper)}"
+        seen = "no labels yet" if e.realised is None else f"realised {_num(e.realised)}"
+        lines.append(f"`{e.metric}`: estimated {_num(e.estimate)} ({band}), {seen}")
+    note = outside_note(max((e.outside_share for e in evidence.estimated), default=0.0))
+    return [*lines, note] if note else lines
+
+
+def estimate_heading(evidence: Evidence) -> str:
+    if evidence.estimated_only:
+        return "Model quality, ESTIMATED without labels (the evidence is an estimate)"
+    return "Model quality, estimated without labels"
+
+
 def evidence_markdown(request: ApprovalRequest) -> str:
     """The resume form's description in the Prefect UI, and the `pending` detail."""
     ev = request.evidence
@@ -81,6 +98,9 @@ def evidence_markdown(request: ApprovalRequest) -> str:
     if ev.quality:
         parts.append("### Model quality")
         parts.extend(f"- {line}" for line in quality_lines(ev))
+    if ev.estimated:
+        parts.append(f"### {estimate_heading(ev)}")
+        parts.extend(f"- {line}" for line in estimate_lines(ev))
     who = ", ".join(request.approvers) if request.approvers else "anyone"
     parts.append(
         "Choose **decision** (approve or reject) and copy the evidence hash above into "
@@ -118,6 +138,9 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
     if ev.quality:
         text = "\n".join("• " + x for x in quality_lines(ev))
         blocks.append(_mrkdwn(f"*Model quality*\n{text}"))
+    if ev.estimated:
+        text = "\n".join("• " + x for x in estimate_lines(ev))
+        blocks.append(_mrkdwn(f"*{estimate_heading(ev)}*\n{text}"))
     links = f"<{request.url}|Prefect run>" if request.url else ""
     cli = f"`driftloop approve {request.run_id}`"
     blocks.append(

@@ -4,7 +4,8 @@ The modules, in the order a window meets them: `reference` (the training data at
 and its cached profile), `validate` (schema and values; the window's verdict), `settings` (the
 `monitor` config section), `drift_stats` (the drift statistics), `evidently_engine` (methods
 only Evidently has), `profile`, `quality` (model quality on labelled rows), `checks` (all of
-them, one `CheckResult`), `results` (its types), `report_html` and `reports` (the Evidently
-report and the Prefect artifacts), `outcome` (what a run records, pushes and passes on) and
-`history` (the saved results the policy reads).
+them, one `CheckResult`), `window_change` (the window against the previous usable one),
+`results` (its types), `report_html` and `reports` (the Evidently report and the Prefect
+artifacts), `outcome` (what a run records, pushes and passes on) and `history` (the saved
+results the policy reads).
 """

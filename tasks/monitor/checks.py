@@ -5,7 +5,9 @@
 formulas and thresholds, without the preset's triple computation and widgets. Evidently stays the
 source of truth: `engine="evidently"` runs its `DataDriftPreset` instead
 (`tasks.monitor.evidently_engine`; the tests prove both engines agree on scores and verdicts), and
-`tasks.monitor.report_html.save_report` writes its HTML report on demand.
+`tasks.monitor.report_html.save_report` writes its HTML report on demand. The same columns,
+methods and thresholds also compare the window with the previous usable one
+(`tasks.monitor.window_change`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from tasks.monitor.drift_stats import (
     CATEGORICAL,
     NUMERIC,
     ColumnJob,
-    DriftStat,
     FrameProfile,
     Kind,
     NumericSide,
@@ -34,13 +35,13 @@ from tasks.monitor.quality import model_quality
 from tasks.monitor.results import (
     CheckResult,
     CheckVerdict,
-    ColumnDrift,
     ColumnQuality,
     DataQuality,
     Engine,
 )
 from tasks.monitor.settings import CheckSettings
 from tasks.monitor.validate import WindowVerdict, inspect_window
+from tasks.monitor.window_change import column_result, compare_windows
 
 
 def run_checks(
@@ -53,14 +54,18 @@ def run_checks(
     engine: Engine = "native",
     classes: list[Any] | None = None,
     held_out: dict[str, float] | None = None,
+    previous: FrameProfile | None = None,
+    previous_run: tuple[str, str] | None = None,
 ) -> CheckResult:
-    """Validate, then check drift and quality of `current` against `reference`.
+    """Validate, then check drift and quality of `current` against `reference`, and its change
+    since the `previous` usable window (`previous_run`: that window's run id and text).
 
     `reference` is the serving model's training data, or its saved `FrameProfile` (built once
     per data rev with `reference_profile`); pass both via `profile=` to skip re-profiling while
     keeping the frame for reference quality. Bad input returns a result with a named verdict.
     `classes` are the model's class labels in its `predict_proba` order (classification), and
-    `held_out` its metrics on its held-out set, if known.
+    `held_out` its metrics on its held-out set, if known. The current window's profile stays on
+    the result (`current_profile`) so the next run can compare with it.
     """
     started = time.perf_counter()
     s = settings or CheckSettings.from_project(project)
@@ -108,13 +113,24 @@ def run_checks(
         stats = drift_table(
             ref_profile, cur_profile, jobs, min_values=s.min_rows, workers=s.workers
         )
-        columns = [_column(c, k, stats[c], ref_profile, cur_profile) for c, k in kinds]
+        columns = [column_result(c, k, stats[c], ref_profile, cur_profile) for c, k in kinds]
     tested = [c for c in columns if c.status == "tested"]
     drifted = sum(c.drifted for c in tested)
     share = drifted / len(tested) if tested else 0.0
     dataset_drift = bool(tested) and share >= s.drift_share
 
-    # 4. data quality from the profiles, model quality from the labelled rows
+    # 4. the same columns, methods and thresholds against the previous usable window
+    change = compare_windows(
+        previous,
+        cur_profile,
+        jobs,
+        change_share=project.config.monitor.change_share or s.drift_share,
+        min_values=s.min_rows,
+        workers=s.workers,
+        previous_run=previous_run,
+    )
+
+    # 5. data quality from the profiles, model quality from the labelled rows
     data_quality = _data_quality(ref_profile, cur_profile, numeric, categorical)
     quality = model_quality(
         current, project, s, reference=ref_frame, classes=classes, held_out=held_out
@@ -141,10 +157,11 @@ def run_checks(
         dataset_drift=dataset_drift,
         data_quality=data_quality,
         quality=quality,
+        change=change,
         reference_key=ref_profile.key,
         duration_seconds=time.perf_counter() - started,
         **base,
-    )
+    ).keep_profile(cur_profile)
 
 
 def _bad_input(
@@ -162,25 +179,6 @@ def _bad_input(
         reference_validation=check if role == "reference" else ref_check,
         duration_seconds=time.perf_counter() - started,
         **base,
-    )
-
-
-def _column(
-    column: str, kind: Kind, stat: DriftStat | None, ref: FrameProfile, cur: FrameProfile
-) -> ColumnDrift:
-    r, c = ref.side(column), cur.side(column)
-    if stat is None:
-        return ColumnDrift.untested(column, kind, r.n, c.n)
-    return ColumnDrift(
-        column=column,
-        kind=kind,
-        method=stat.method,
-        score=stat.score,
-        threshold=stat.threshold,
-        drifted=stat.drifted,
-        score_is_p_value=stat.is_p_value,
-        reference_values=stat.reference_rows,
-        current_values=stat.current_rows,
     )
 
 
@@ -226,11 +224,15 @@ def check_window(
     project: Project,
     classes: list[Any] | None = None,
     held_out: dict[str, float] | None = None,
+    previous: FrameProfile | None = None,
+    previous_run: tuple[str, str] | None = None,
 ) -> CheckResult:
     """`run_checks` on the captured window, its label column named as the target; `classes`
-    and `held_out` are the serving model's (`tasks.release.package.read_model`)."""
+    and `held_out` are the serving model's (`tasks.release.package.read_model`), `previous` the
+    last usable window's profile (`tasks.monitor.window_change.find_previous_window`)."""
     frame = current.rename(columns={"label": project.config.data.target})
     model = {"classes": classes, "held_out": held_out}
+    model |= {"previous": previous, "previous_run": previous_run}
     if reference.profile is None:
         return run_checks(reference.frame, frame, project, **model)
     return run_checks(reference.frame, frame, project, profile=reference.profile, **model)

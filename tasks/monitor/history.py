@@ -28,6 +28,8 @@ class MonitorRecord(BaseModel):
     sample: str | None = None  # "sampled N of M rows" when past monitor.max_rows
     dataset_drift: bool
     quality_breached: bool
+    estimated_breached: bool = False  # the estimate past the limit beyond its band
+    sudden_change: bool = False  # against the previous usable window
     usable: bool
     report_url: str | None = None
     finished_at: str

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from config.loader import Project
 from tasks.capture import Window
-from tasks.evidence import DriftRow, QualityRow, WindowEvidence
+from tasks.evidence import DriftRow, EstimateRow, QualityRow, WindowEvidence
 from tasks.metrics import MonitorMetrics
 from tasks.monitor.history import MonitorRecord
 from tasks.monitor.results import CheckResult
@@ -19,18 +19,35 @@ from tasks.monitor.results import CheckResult
 
 @dataclass(frozen=True)
 class Assessment:
-    """The three facts the flow branches on."""
+    """The facts the flow branches on."""
 
     usable: bool  # the checks ran on the window (no bad input)
     quality_breached: bool  # a model-quality metric crossed its limit
-    wrong: bool  # something a person should hear about: bad data, drift, a breach
+    wrong: bool  # something a person should hear about: bad data, drift, a breach, a change
+    estimated_breached: bool = False  # the estimate crossed the limit beyond its band
+    sudden_change: bool = False  # the window moved against the previous usable one
 
 
 def assess(result: CheckResult) -> Assessment:
     usable = result.usable
     breached = bool(result.quality and result.quality.limit_breached)
-    wrong = not usable or result.dataset_drift or breached or result.verdict != "no_drift"
-    return Assessment(usable=usable, quality_breached=breached, wrong=bool(wrong))
+    estimated = bool(result.estimated and result.estimated.limit_breached)
+    changed = bool(result.change and result.change.verdict == "sudden_change")
+    wrong = (
+        not usable
+        or result.dataset_drift
+        or breached
+        or estimated
+        or changed
+        or result.verdict != "no_drift"
+    )
+    return Assessment(
+        usable=usable,
+        quality_breached=breached,
+        wrong=bool(wrong),
+        estimated_breached=estimated,
+        sudden_change=changed,
+    )
 
 
 def window_text(start: datetime, end: datetime) -> str:
@@ -69,6 +86,8 @@ def monitor_record(
         sample=window.sample_note,
         dataset_drift=result.dataset_drift,
         quality_breached=seen.quality_breached,
+        estimated_breached=seen.estimated_breached,
+        sudden_change=seen.sudden_change,
         usable=seen.usable,
         report_url=report_urls[0] if report_urls else None,
         finished_at=datetime.now(UTC).isoformat(),
@@ -99,7 +118,32 @@ def monitor_metrics(result: CheckResult, window: Window, duration: float) -> Mon
             for m in (quality.metrics if quality and quality.reference_source == "held_out" else [])
             if m.reference is not None
         ),
+        **_estimate_metrics(result),
+        **_change_metrics(result),
     )
+
+
+def _estimate_metrics(result: CheckResult) -> dict:
+    estimated = result.estimated
+    if estimated is None or result.bad_input:
+        return {}
+    return {
+        "estimated": tuple((m.name, m.value, m.lower, m.upper) for m in estimated.metrics),
+        "estimate_error": tuple(
+            (m.name, m.error) for m in estimated.metrics if m.error is not None
+        ),
+        "estimated_breached": estimated.limit_breached,
+    }
+
+
+def _change_metrics(result: CheckResult) -> dict:
+    change = result.change
+    if change is None or change.verdict not in ("no_change", "sudden_change"):
+        return {}
+    return {
+        "change_share": change.change_share,
+        "sudden_change": change.verdict == "sudden_change",
+    }
 
 
 def window_evidence(result: CheckResult, text: str) -> WindowEvidence:
@@ -118,7 +162,36 @@ def window_evidence(result: CheckResult, text: str) -> WindowEvidence:
             QualityRow(metric=m.name, current=m.current, reference=m.reference)
             for m in (result.quality.metrics if result.quality else [])
         ],
+        estimated=estimate_rows(result),
+        estimated_only=_estimated_only(result),
     )
+
+
+def estimate_rows(result: CheckResult) -> list[EstimateRow]:
+    estimated = result.estimated
+    if estimated is None:
+        return []
+    return [
+        EstimateRow(
+            metric=m.name,
+            estimate=m.value,
+            lower=m.lower,
+            upper=m.upper,
+            confidence=estimated.confidence,
+            realised=m.realised,
+            method=estimated.method,
+            outside_share=estimated.outside_share,
+        )
+        for m in estimated.metrics
+    ]
+
+
+def _estimated_only(result: CheckResult) -> bool:
+    """The window's quality evidence is the estimate alone: it breached, and no labelled
+    quality did."""
+    judged = bool(result.quality and result.quality.status == "ok")
+    estimated = bool(result.estimated and result.estimated.limit_breached)
+    return estimated and not (judged and result.quality.limit_breached)
 
 
 def quality_values(result: CheckResult) -> dict[str, float]:
@@ -126,6 +199,24 @@ def quality_values(result: CheckResult) -> dict[str, float]:
     if quality is None or quality.status != "ok":
         return {}
     return {m.name: m.current for m in quality.metrics if m.current is not None}
+
+
+def estimated_values(result: CheckResult) -> dict[str, dict]:
+    """Each estimate with its band and, once labels arrived, the realised value (the run's
+    summary, which `driftloop demo` prints)."""
+    estimated = result.estimated
+    if estimated is None:
+        return {}
+    return {
+        m.name: {
+            "value": m.value,
+            "lower": m.lower,
+            "upper": m.upper,
+            "confidence": estimated.confidence,
+            "realised": m.realised,
+        }
+        for m in estimated.metrics
+    }
 
 
 def monitor_links(project: Project, report_urls: list[str], run_url: str | None) -> dict[str, str]:

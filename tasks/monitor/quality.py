@@ -118,7 +118,7 @@ def _scores(
     else:
         known = classes if classes is not None else observed_classes(y_true, y_pred)
         y_true, y_pred = _as_classes(y_true, known), _as_classes(y_pred, known)
-        proba, missing = _proba(labelled, known, s.proba_prefix, ordered=classes is not None)
+        proba, missing = proba_matrix(labelled, known, s.proba_prefix, ordered=classes is not None)
     out: dict[str, tuple[float | None, str | None]] = {}
     for name in cfg.metric_names:
         if name in NEEDS_PROBA and proba is None:
@@ -161,7 +161,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | np.number) and not isinstance(value, bool | np.bool_)
 
 
-def _proba(
+def proba_matrix(
     frame: pd.DataFrame, classes: list[Any], prefix: str, *, ordered: bool
 ) -> tuple[np.ndarray | None, str | None]:
     """Probabilities in `classes` order, or None and why not.

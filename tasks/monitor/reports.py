@@ -12,8 +12,9 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
+from tasks.evidence import outside_note
 from tasks.monitor.report_html import save_report
-from tasks.monitor.results import CheckResult, QualityResult
+from tasks.monitor.results import CheckResult, EstimatedQuality, QualityResult, WindowChange
 from tasks.render.alerts import drift_report_key
 
 
@@ -29,12 +30,19 @@ def write_report(
     name: str,
     quality: QualityResult | None = None,
     sample: str | None = None,
+    estimated: EstimatedQuality | None = None,
+    change: WindowChange | None = None,
 ):
-    """Evidently's HTML report into the served reports folder, headed by the quality on traffic
-    beside the serving model's held-out values (which Evidently never sees) and, for a window
-    past monitor.max_rows, by how it was sampled; returns its URLs."""
+    """Evidently's HTML report into the served reports folder, headed by what Evidently never
+    sees: the quality on traffic beside the serving model's held-out values, the quality
+    estimated without labels, the change since the previous window and, for a window past
+    monitor.max_rows, how it was sampled; returns its URLs."""
     frame = current.rename(columns={"label": project.config.data.target})
     files = save_report(reference, frame, project, reports_dir(project) / f"{name}.html")
+    if change is not None:
+        note_report(files.paths[0], change_line(change))
+    if estimated is not None and estimated.metrics:
+        head_estimate(files.paths[0], estimated)
     if quality is not None and quality.metrics:
         head_report(files.paths[0], quality)
     if sample:
@@ -60,6 +68,13 @@ def publish_artifacts(
     lines = [f"# {headline}", "", where, "", result.message, ""]
     if result.quality and result.quality.metrics:
         lines += _quality_table(result.quality)
+    if result.estimated and result.estimated.metrics:
+        table = _table(_estimate_rows(result.estimated))
+        lines += ["", estimate_title(result.estimated), "", *table]
+        note = outside_note(result.estimated.outside_share)
+        lines += ["", note] if note else []
+    if result.change is not None:
+        lines += ["", change_line(result.change)]
     if result.validation:
         lines += ["", "Data checks: " + ", ".join(sorted(result.validation.verdicts))]
     lines += [f"\n[Evidently report]({url})" for url in report_urls]
@@ -98,9 +113,55 @@ def _quality_rows(quality: QualityResult) -> list[list[str]]:
 
 
 def _quality_table(quality: QualityResult) -> list[str]:
-    head, *body = _quality_rows(quality)
-    lines = ["| " + " | ".join(head) + " |", "|---|---|---|---|"]
+    return _table(_quality_rows(quality))
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
+
+
+def estimate_title(estimated: EstimatedQuality) -> str:
+    method = {"cbpe": "confidence-based", "dle": "direct loss estimation"}[estimated.method]
+    return (
+        f"Model quality estimated without labels ({method}, {estimated.confidence:.0%} band, "
+        f"{estimated.rows:,} rows)"
+    )
+
+
+def _estimate_rows(estimated: EstimatedQuality) -> list[list[str]]:
+    """Each estimate with its band, beside the realised value once the labels arrived."""
+    rows = [["metric", "estimate", "band", "realised", "estimate error"]]
+    rows += [
+        [m.name, _fmt(m.value), _band(m.lower, m.upper), _fmt(m.realised), _fmt(m.error)]
+        for m in estimated.metrics
+    ]
+    return rows
+
+
+def _band(lower: float, upper: float) -> str:
+    return f"{_fmt(lower)} to {_fmt(upper)}"
+
+
+def change_line(change: WindowChange) -> str:
+    since = f" ({change.previous_window})" if change.previous_window else ""
+    return f"Against the previous window{since}: {change.message}"
+
+
+def head_estimate(path: Path, estimated: EstimatedQuality) -> None:
+    """Put the estimate table at the top of an HTML report."""
+    head, *body = _estimate_rows(estimated)
+    table = _html_row(head, "th") + "".join(_html_row(row, "td") for row in body)
+    note = outside_note(estimated.outside_share)
+    warning = f"<p><strong>{html.escape(note)}</strong></p>" if note else ""
+    block = (
+        '<section id="driftloop-estimate" style="font-family:sans-serif;margin:1em">'
+        f"<h2>{html.escape(estimate_title(estimated))}</h2><table>{table}</table>{warning}"
+        "</section>"
+    )
+    text = path.read_text()
+    path.write_text(text.replace("<body>", "<body>\n" + block, 1))
 
 
 def head_report(path: Path, quality: QualityResult) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
-from tasks.monitor.drift_stats import Kind
+from tasks.monitor.drift_stats import FrameProfile, Kind
 from tasks.monitor.validate import WindowVerdict
 
 CheckVerdict = Literal[
@@ -101,6 +101,51 @@ class QualityResult(BaseModel):
     limit_breached: bool | None = None
 
 
+class MetricEstimate(BaseModel):
+    """One metric estimated without labels, with the band its realised value should lie in."""
+
+    name: str
+    value: float
+    lower: float
+    upper: float
+    greater_is_better: bool
+    realised: float | None = Field(None, description="on the labelled rows, once they arrive")
+    error: float | None = Field(
+        None, description="the estimate on those labelled rows minus the realised value"
+    )
+
+
+class EstimatedQuality(BaseModel):
+    """The serving model's quality on the window, estimated from its own outputs: confidence-based
+    (classifiers, calibrated probabilities) or direct loss estimation (regression)."""
+
+    method: Literal["cbpe", "dle"]
+    primary: str
+    confidence: float  # the share of windows whose realised value the band should hold
+    rows: int  # rows the estimate used (a uniform sample past estimate.max_rows)
+    metrics: list[MetricEstimate] = Field(default_factory=list)
+    limit: float | None = None
+    limit_breached: bool = False  # the primary estimate past the limit beyond its band
+    outside_share: float = Field(
+        0.0, description="rows unlike any the estimator learned from: the band extrapolates there"
+    )
+
+
+class WindowChange(BaseModel):
+    """This window against the previous usable one: the same engine and thresholds as the
+    comparison with the reference, so a sudden change between windows is named on its own."""
+
+    verdict: Literal["no_change", "sudden_change", "no_previous", "insufficient_data"]
+    message: str
+    previous_run_id: str | None = None
+    previous_window: str | None = None
+    columns: list[ColumnDrift] = Field(default_factory=list)
+    changed_columns: int = 0
+    tested_columns: int = 0
+    change_share: float = 0.0
+    change_share_threshold: float
+
+
 class CheckResult(BaseModel):
     """One check of a current window against the reference."""
 
@@ -117,9 +162,28 @@ class CheckResult(BaseModel):
     dataset_drift: bool = False
     data_quality: DataQuality | None = None
     quality: QualityResult | None = None
+    estimated: EstimatedQuality | None = None
+    change: WindowChange | None = None
     engine: Engine = "native"
     reference_key: str | None = None
     duration_seconds: float = 0.0
+    # the current window's profile, kept for the next window's comparison; never in the JSON
+    _current_profile: FrameProfile | None = PrivateAttr(None)
+
+    @property
+    def current_profile(self) -> FrameProfile | None:
+        return self._current_profile
+
+    def keep_profile(self, profile: FrameProfile) -> CheckResult:
+        self._current_profile = profile
+        return self
+
+    def __getstate__(self) -> dict:
+        """Pickled (a persisted task result) without the profile: it can be large, and only
+        the run that made it needs it."""
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__") or {}
+        return {**state, "__pydantic_private__": {**private, "_current_profile": None}}
 
     @property
     def usable(self) -> bool:

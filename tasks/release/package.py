@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
+from model.performance import ESTIMATOR_KEY, PerformanceEstimator
 from tasks.commands import CommandError, bin_path, run
 
 
@@ -87,6 +89,29 @@ def read_model(project: Project, model_tag: str) -> StoredModel:
     except CommandError as exc:
         logging.getLogger("driftloop.package").warning("model metadata not read: %s", exc)
         return StoredModel(tag=model_tag)
+
+
+def load_estimator(project: Project, model_tag: str) -> PerformanceEstimator | None:
+    """The performance estimator `model.register` stored with `model_tag`, read in process
+    (BentoML keeps custom objects as one cloudpickled dict beside the model); None, with the
+    reason logged, when there is none or it cannot be read: the monitor then goes without."""
+    log = logging.getLogger("driftloop.package")
+    name, _, version = model_tag.partition(":")
+    path = bentoml_home(project) / "models" / name / version / "custom_objects.pkl"
+    if not version or not path.is_file():
+        log.warning("no performance estimator stored with %s (%s not found)", model_tag, path)
+        return None
+    try:
+        with path.open("rb") as file:
+            objects = cloudpickle.load(file)
+    except Exception as exc:  # a pickle can fail in many ways; the monitor must not
+        log.warning("performance estimator of %s not read: %s: %s", model_tag, type(exc), exc)
+        return None
+    estimator = objects.get(ESTIMATOR_KEY) if isinstance(objects, dict) else None
+    if not isinstance(estimator, PerformanceEstimator):
+        log.warning("model %s was stored without a performance estimator", model_tag)
+        return None
+    return estimator
 
 
 def release_version(model_tag: str) -> str:

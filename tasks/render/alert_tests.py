@@ -126,6 +126,71 @@ def rules_tests(project: Project) -> dict:
             )
         )
 
+    # estimated quality, no labels yet: the band lies past the limit for 10m, then recovers;
+    # another model's estimate never counts
+    estimated = rules.get(("DriftloopEstimatedQualityBelowThreshold", False))
+    if estimated is not None:
+        limit, primary = cfg.monitor.quality_limit, cfg.primary_metric
+        step = (abs(limit) * 0.5 + 1) * (-1 if METRICS[primary][1] else 1)
+        bad, good, half = limit + step, limit - step, abs(step) / 4
+        est = {**mon, "metric": primary}
+        sel = f'{monitor_selector(project)},metric="{primary}"'
+        tests.append(
+            _test(
+                [
+                    _series("driftloop_estimated_quality_breached", mon, "0x5 1x10 0x10"),
+                    _series(
+                        "driftloop_estimated_quality_breached",
+                        {**mon, "model": "other-model"},
+                        "1x27",
+                    ),
+                    _series("driftloop_estimated_quality", est, f"{good}x5 {bad}x10 {good}x10"),
+                    _series("driftloop_estimated_quality_lower", est, f"{bad - half}x27"),
+                    _series("driftloop_estimated_quality_upper", est, f"{bad + half}x27"),
+                    _series("driftloop_label_coverage_ratio", mon, "0x27"),
+                ],
+                "DriftloopEstimatedQualityBelowThreshold",
+                estimated,
+                mon,
+                {"5m": False, "10m": True, "20m": False},
+                {
+                    first_value(f"driftloop_estimated_quality{{{sel}}}", "%.3g"): f"{bad:.3g}",
+                    first_value(f"driftloop_estimated_quality_lower{{{sel}}}", "%.3g"): (
+                        f"{bad - half:.3g}"
+                    ),
+                    first_value(f"driftloop_estimated_quality_upper{{{sel}}}", "%.3g"): (
+                        f"{bad + half:.3g}"
+                    ),
+                    first_value(
+                        f"driftloop_label_coverage_ratio{{{monitor_selector(project)}}}", "%.2f"
+                    ): "0.00",
+                },
+            )
+        )
+
+    # window against window: identical windows change nothing, a step change fires, then the
+    # next window equals the stepped one and it resolves; another model's change never counts
+    change = cfg.monitor.change_share or cfg.monitor.drift_share
+    stepped = (1 + change) / 2
+    tests.append(
+        _test(
+            [
+                _series("driftloop_window_change_share", mon, f"0x5 {stepped}x10 0x10"),
+                _series("driftloop_sudden_change", mon, "0x5 1x10 0x10"),
+                _series("driftloop_sudden_change", {**mon, "model": "other-model"}, "1x27"),
+            ],
+            "DriftloopSuddenChange",
+            rules[("DriftloopSuddenChange", False)],
+            mon,
+            {"5m": False, "6m30s": False, "10m": True, "20m": False},
+            {
+                first_value(
+                    f"driftloop_window_change_share{{{monitor_selector(project)}}}", "%.2f"
+                ): f"{stepped:.2f}"
+            },
+        )
+    )
+
     # stale monitor: the stamp stops at t=0, then a run succeeds every minute again
     stale = 2 * cfg.monitor.interval_seconds
     quiet = math.ceil(stale / 60) + 3  # minutes without a run: past the threshold and `for`

@@ -1,4 +1,4 @@
-"""Prometheus alert rules: the six alerts of docs/metrics.md with thresholds from the config.
+"""Prometheus alert rules: the alerts of docs/metrics.md with thresholds from the config.
 
 The rules carry their evidence in Go-template annotations; the template builders are public
 because the rule tests expand the same fragments into the text they expect.
@@ -24,7 +24,7 @@ from tasks.render.names import (
 
 
 def alert_rules(project: Project) -> dict:
-    """The rules file: the six alerts of docs/metrics.md with thresholds from the config."""
+    """The rules file: the alerts of docs/metrics.md with thresholds from the config."""
     cfg = project.config
     mon, links = monitor_selector(project), _links(project)
     limit = cfg.monitor.quality_limit
@@ -80,6 +80,9 @@ def alert_rules(project: Project) -> dict:
                 **links,
             )
         )
+    if limit is not None and cfg.estimate.enabled:
+        monitor_rules.append(estimated_quality_rule(project))
+    monitor_rules.append(sudden_change_rule(project))
     stamp = f"driftloop_monitor_last_success_timestamp_seconds{{{mon}}}"
     stale_runbook = (
         "Look at the monitor's Prefect runs and `driftloop status`; a failing push to the "
@@ -155,6 +158,56 @@ def alert_rules(project: Project) -> dict:
             {"name": "driftloop-serving", "rules": serving_rules},
         ]
     }
+
+
+def estimated_quality_rule(project: Project) -> dict:
+    """The primary metric, estimated before the labels arrive, past its limit beyond its band."""
+    cfg, mon = project.config, monitor_selector(project)
+    primary, bound = cfg.primary_metric, format_number(cfg.monitor.quality_limit)
+    better = "higher" if METRICS[primary][1] else "lower"
+    series = f'{{{mon},metric="{primary}"}}'
+    estimate = first_value(f"driftloop_estimated_quality{series}", "%.3g")
+    lower = first_value(f"driftloop_estimated_quality_lower{series}", "%.3g")
+    upper = first_value(f"driftloop_estimated_quality_upper{series}", "%.3g")
+    coverage = first_value(f"driftloop_label_coverage_ratio{{{mon}}}", "%.2f")
+    return _rule(
+        "DriftloopEstimatedQualityBelowThreshold",
+        f"driftloop_estimated_quality_breached{{{mon}}} == 1",
+        "1m",
+        "warning",
+        project,
+        summary=f"{MODEL}: estimated {primary} {estimate} is worse than the limit {bound}",
+        description=f"{primary} estimated without labels on the latest window is {estimate}, "
+        f"band {lower} to {upper} ({cfg.estimate.confidence:.0%} confidence; {better} is "
+        f"better; monitor.quality_limit {bound}): the whole band is past the limit. "
+        f"Label coverage {coverage}.",
+        runbook="The labels have not confirmed it yet: compare with the realised quality as "
+        "they arrive. A retrain this triggers (policy.triggers: estimated_quality) says on its "
+        "approval card that its evidence is estimated.",
+        **_links(project),
+    )
+
+
+def sudden_change_rule(project: Project) -> dict:
+    """The latest window against the previous usable one: enough columns changed at once."""
+    cfg, mon = project.config, monitor_selector(project)
+    key = "monitor.change_share" if cfg.monitor.change_share else "monitor.drift_share"
+    threshold = format_number(cfg.monitor.change_share or cfg.monitor.drift_share)
+    share = first_value(f"driftloop_window_change_share{{{mon}}}", "%.2f")
+    return _rule(
+        "DriftloopSuddenChange",
+        f"driftloop_sudden_change{{{mon}}} == 1",
+        "1m",
+        "warning",
+        project,
+        summary=f"{MODEL}: the latest window changed suddenly against the previous one",
+        description=f"{share} of the feature columns drifted against the previous usable "
+        f"window ({key} {threshold}), with the same methods and thresholds as against the "
+        "reference.",
+        runbook="A jump between consecutive windows is usually upstream: a release, a unit or "
+        "encoding change, a stuck feed. Compare the two windows in the report before retraining.",
+        **_links(project),
+    )
 
 
 def drift_report_key(project: Project) -> str:

@@ -13,11 +13,13 @@ _MODELS_QUERY = "label_values(driftloop_monitor_last_success_timestamp_seconds, 
 
 
 def grafana_dashboard(project: Project) -> dict:
-    """Drift, quality, the monitor's health, serving by version, releases and approvals."""
+    """Drift, quality (realised and estimated), the change between windows, the monitor's
+    health, serving by version, releases and approvals."""
     layout = _Layout()
     panels = [
         *_drift_row(layout, project),
         *_quality_row(layout, project),
+        *_estimate_row(layout, project),
         *_serving_row(layout, project),
         *_releases_row(layout),
     ]
@@ -25,8 +27,9 @@ def grafana_dashboard(project: Project) -> dict:
     return {
         "uid": f"driftloop-{name}"[:40],
         "title": f"driftloop: {name}",
-        "description": f"{rendered_note(project)} One model's loop: drift, quality, the "
-        "monitor's health, serving by bento version, releases and approvals.",
+        "description": f"{rendered_note(project)} One model's loop: drift, quality (realised "
+        "and estimated), the change between windows, the monitor's health, serving by bento "
+        "version, releases and approvals.",
         "tags": ["driftloop"],
         "timezone": "browser",
         "schemaVersion": 39,
@@ -118,6 +121,73 @@ def _quality_row(layout: _Layout, project: Project) -> list[dict]:
             w=8,
             description="The stale-monitor alert fires above the line "
             "(2 x monitor.interval_seconds).",
+        ),
+    ]
+
+
+def _estimate_row(layout: _Layout, project: Project) -> list[dict]:
+    """Quality estimated before the labels arrive, beside the realised value, the estimate's
+    error, and each window against the previous usable one."""
+    cfg, m = project.config, _MODEL
+    primary = f'{m},metric="{cfg.primary_metric}"'
+    change = cfg.monitor.change_share or cfg.monitor.drift_share
+    key = "monitor.change_share" if cfg.monitor.change_share else "monitor.drift_share"
+    band = [  # the band is shaded between its two edges, drawn without lines
+        {
+            "matcher": {"id": "byName", "options": "band upper"},
+            "properties": [
+                {"id": "custom.fillBelowTo", "value": "band lower"},
+                {"id": "custom.lineWidth", "value": 0},
+            ],
+        },
+        {
+            "matcher": {"id": "byName", "options": "band lower"},
+            "properties": [{"id": "custom.lineWidth", "value": 0}],
+        },
+    ]
+    return [
+        layout.row("Estimated quality and window change"),
+        layout.panel(
+            f"Estimated {cfg.primary_metric} and realised",
+            [
+                (f"driftloop_estimated_quality{{{primary}}}", "estimated"),
+                (f"driftloop_estimated_quality_lower{{{primary}}}", "band lower"),
+                (f"driftloop_estimated_quality_upper{{{primary}}}", "band upper"),
+                (f"driftloop_quality{{{primary}}}", "realised"),
+            ],
+            w=12,
+            limit=cfg.monitor.quality_limit,
+            overrides=band,
+            description=f"{cfg.primary_metric} estimated without labels, with its band "
+            f"({cfg.estimate.confidence:.0%} of windows), beside the value on labelled rows; "
+            "the line is monitor.quality_limit.",
+        ),
+        layout.panel(
+            "Estimate error",
+            [(f"driftloop_estimate_error{{{m}}}", "{{metric}}")],
+            w=6,
+            description="The estimate minus the realised value, once a window's labels arrived.",
+        ),
+        layout.panel(
+            "Estimate past the limit",
+            [(f"max(driftloop_estimated_quality_breached{{{m}}})", "breached")],
+            kind="stat",
+            w=6,
+        ),
+        layout.panel(
+            "Change since the previous window",
+            [(f"driftloop_window_change_share{{{m}}}", "changed share")],
+            unit="percentunit",
+            limit=change,
+            w=12,
+            description="Share of feature columns drifted against the previous usable window, "
+            f"with the reference's methods and thresholds; the line is {key}.",
+        ),
+        layout.panel(
+            "Sudden change",
+            [(f"max(driftloop_sudden_change{{{m}}})", "sudden change")],
+            kind="stat",
+            w=12,
         ),
     ]
 
@@ -297,6 +367,7 @@ class _Layout:
         unit: str | None = None,
         limit: float | None = None,
         description: str = "",
+        overrides: list[dict] | None = None,
     ) -> dict:
         ds = _datasource()
         table = kind == "table"
@@ -316,7 +387,7 @@ class _Layout:
             "description": description,
             "datasource": ds,
             "gridPos": pos,
-            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
             "options": {"legend": {"displayMode": "table", "placement": "right"}}
             if kind == "timeseries"
             else {},

@@ -22,6 +22,7 @@ class WindowOutcome:
     dataset_drift: bool
     quality_breached: bool
     usable: bool = True  # bad data is reported, never a reason to retrain
+    estimated_breached: bool = False  # the estimate past the limit beyond its band
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ def is_bad(policy: PolicyConfig, window: WindowOutcome) -> bool:
     return window.usable and (
         ("dataset_drift" in policy.triggers and window.dataset_drift)
         or ("quality" in policy.triggers and window.quality_breached)
+        or ("estimated_quality" in policy.triggers and window.estimated_breached)
     )
 
 
@@ -65,15 +67,18 @@ def decide(
             f"cooling down: last retrain {last_trigger_at:%Y-%m-%d %H:%M} UTC, "
             f"{int(left.total_seconds())} s to go",
         )
-    reasons = sorted(
-        {
-            r
-            for w in recent
-            for r, hit in (("dataset drift", w.dataset_drift), ("quality", w.quality_breached))
-            if hit
-        }
-    )
+    reasons = sorted({r for w in recent for r in _reasons(policy, w)})
     return Trigger(True, f"{n} bad windows in a row ({', '.join(reasons)})")
+
+
+def _reasons(policy: PolicyConfig, window: WindowOutcome) -> list[str]:
+    """What made a window bad, among the triggers the policy listens to."""
+    named = (
+        ("dataset_drift", "dataset drift", window.dataset_drift),
+        ("quality", "quality", window.quality_breached),
+        ("estimated_quality", "estimated quality", window.estimated_breached),
+    )
+    return [text for trigger, text, hit in named if hit and trigger in policy.triggers]
 
 
 @task(cache_policy=NO_CACHE)
@@ -81,7 +86,12 @@ def decide_retrain(project: Project) -> Trigger:
     """The policy over this model's saved windows, its last trigger and any open retrain."""
     policy = project.config.policy
     history = [
-        WindowOutcome(r["dataset_drift"], r["quality_breached"], r["usable"])
+        WindowOutcome(
+            r["dataset_drift"],
+            r["quality_breached"],
+            r["usable"],
+            r.get("estimated_breached", False),
+        )
         for r in recent_windows(project, 10 * policy.consecutive_windows)
     ]
     return decide(

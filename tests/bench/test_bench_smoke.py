@@ -128,3 +128,23 @@ def test_serving_rollforward_and_approval():
     assert roll["new_bento_answering"] and roll["switch_requests"] > 0
     (approval,) = by_bench(lines, "approval_to_serving")
     assert approval["latency_s"] > approval["build_s"] > 0
+
+
+def test_estimation_band_and_cost():
+    lines = run_bench("bench_estimation", timeout=300)
+    calibration = {line["case"]: line for line in by_bench(lines, "estimation")}
+    assert set(calibration) == {"diabetes", "breast_cancer", "digits"}
+    assert {k: (v["method"], v["primary"]) for k, v in calibration.items()} == {
+        "diabetes": ("dle", "rmse"),
+        "breast_cancer": ("cbpe", "roc_auc"),
+        "digits": ("cbpe", "f1_macro"),
+    }
+    for line in calibration.values():
+        assert line["windows"] == 8 and 0 <= line["coverage"] <= 1
+        assert line["mae"] >= 0 and line["band_width"] > 0
+        assert line["nannyml"] == "not requested (--nannyml)"
+        assert set(line["goals"]) == {"coverage"}
+    (cost,) = by_bench(lines, "estimation_cost")
+    assert cost["rows"] == 20_000 and cost["check_verdict"] == "no_drift"
+    assert cost["estimate_s"] > 0 and cost["checks_s"] > 0
+    assert set(cost["goals"]) == {"estimate_over_checks"}

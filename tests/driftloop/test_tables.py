@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from driftloop import approve_cmd
 from driftloop.approve_cmd import render_pending
 from driftloop.cli import app, render_status
-from driftloop.demo import WindowRow, _quality, render_windows
+from driftloop.demo import WindowRow, _estimate_cell, _estimate_line, _quality, render_windows
 from driftloop.lineage_view import render_lineage
 from tasks.approval.records import PendingRequest
 from tasks.evidence import DriftRow, Evidence, GateRow, QualityRow
@@ -216,17 +216,18 @@ def test_lineage_json_is_complete(project_dir):
 
 def test_demo_windows_show_short_bentos_with_a_legend():
     rows = [
-        WindowRow("April", 720, 0.5893323727185399, "rmse 41.23", BENTO, "ok"),
+        WindowRow("April", 720, 0.5893323727185399, "rmse 41.23", BENTO, "ok", "40.1±6.9"),
         WindowRow("May", 744, 0.7272, "rmse - (too few labels)", BENTO, "retrain: share 73%"),
-        WindowRow("June", 720, 0.1, "rmse 48.1", f"{BENTO} -> {NEXT_BENTO}", "none"),
+        WindowRow("June", 720, 0.1, "rmse 48.1", f"{BENTO} -> {NEXT_BENTO}", "none", "112±14"),
         WindowRow("July", 744, None, "rmse 39.87", NEXT_BENTO, "none"),
     ]
     lines = rendered(lambda out: render_windows(rows, out))
     assert_fits(lines)
     cells = [line.split() for line in lines]
-    assert ["April", "720", "59%", "rmse", "41.23", "ab12cd", "ok"] in cells
-    assert ["June", "720", "10%", "rmse", "48.1", "ab12cd", "->", "ef34gh", "none"] in cells
-    assert ["July", "744", "-", "rmse", "39.87", "ef34gh", "none"] in cells
+    assert ["April", "720", "59%", "rmse", "41.23", "40.1±6.9", "ab12cd", "ok"] in cells
+    june = ["June", "720", "10%", "rmse", "48.1", "112±14", "ab12cd", "->", "ef34gh"]
+    assert [*june, "none"] in cells
+    assert ["July", "744", "-", "rmse", "39.87", "-", "ef34gh", "none"] in cells
     assert f"  ab12cd: {BENTO}" in lines
     assert f"  ef34gh: {NEXT_BENTO}" in lines
 
@@ -236,3 +237,16 @@ def test_demo_quality_at_four_significant_digits():
     assert _quality(project, {"quality": {"rmse": 41.23456789}}) == "rmse 41.23"
     assert _quality(project, {"quality": {"rmse": 0.5893323727185399}}) == "rmse 0.5893"
     assert _quality(project, {"quality": {}}) == "rmse - (too few labels)"
+
+
+def test_demo_estimate_beside_the_realised_value():
+    project = SimpleNamespace(config=SimpleNamespace(primary_metric="rmse"))
+    estimate = {"value": 91.234, "lower": 80.41, "upper": 102.04, "confidence": 0.9}
+    outcome = {"estimated": {"rmse": {**estimate, "realised": 95.06}}}
+    assert _estimate_line(project, outcome) == (
+        "estimated rmse 91.23 (90% band 80.41 to 102) before the labels; realised 95.06"
+    )
+    assert _estimate_cell(project, outcome) == "91.2±11"
+    waiting = {"estimated": {"rmse": {**estimate, "realised": None}}}
+    assert _estimate_line(project, waiting).endswith("before the labels; realised -")
+    assert _estimate_cell(project, {"estimated": {}}) == "-"

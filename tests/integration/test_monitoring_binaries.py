@@ -263,6 +263,15 @@ def _push_monitor_and_release_metrics(gateway: str, name: str) -> None:
         "temp", "wasserstein"
     ).set(1)
     Gauge("driftloop_quality", "", ["metric"], registry=reg).labels("rmse").set(1e6)
+    estimate = {"": 9e5, "_lower": 8e5, "_upper": 1.1e6}  # the whole band past the limit
+    for suffix, value in estimate.items():
+        Gauge(f"driftloop_estimated_quality{suffix}", "", ["metric"], registry=reg).labels(
+            "rmse"
+        ).set(value)
+    Gauge("driftloop_estimate_error", "", ["metric"], registry=reg).labels("rmse").set(-1e5)
+    Gauge("driftloop_estimated_quality_breached", "", registry=reg).set(1)
+    Gauge("driftloop_window_change_share", "", registry=reg).set(0.9)
+    Gauge("driftloop_sudden_change", "", registry=reg).set(1)
     Gauge("driftloop_window_rows", "", registry=reg).set(400)
     Gauge("driftloop_label_coverage_ratio", "", registry=reg).set(0.8)
     Gauge("driftloop_window_verdict", "", ["verdict"], registry=reg).labels("ok").set(1)
@@ -434,3 +443,9 @@ def test_every_rule_loads_and_matches_the_published_series(live):
     assert float(errors["value"]) == pytest.approx(0.5, abs=0.01)  # probes are left out
     drift = next(a for a in alerts if a["labels"]["alertname"] == "DriftloopDatasetDrift")
     assert "temp (0.4)" in drift["annotations"]["description"]  # the evidence, from the series
+    estimated = next(
+        a for a in alerts if a["labels"]["alertname"] == "DriftloopEstimatedQualityBelowThreshold"
+    )
+    assert "is 9e+05, band 8e+05 to 1.1e+06" in estimated["annotations"]["description"]
+    change = next(a for a in alerts if a["labels"]["alertname"] == "DriftloopSuddenChange")
+    assert change["annotations"]["description"].startswith("0.90 of the feature columns")

@@ -23,6 +23,8 @@ def test_fresh_clone_trains_and_reruns_only_what_changed(tmp_path):
     # a clone has no cached outputs: prepare and train must run (evaluate may be up to date when
     # the retrained model is byte-identical to the one dvc.lock records: training is seeded)
     assert "Running stage 'prepare'" in out and "Running stage 'train'" in out
+    assert "Running stage 'estimate'" in out  # its out is fitted for the model just trained
+    assert "estimate: dle for rmse, mae" in out and "r2 not estimated" in out
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], root).stdout
     metrics = json.loads((root / "artifacts/metrics.json").read_text())
     assert metrics["primary"] == "rmse" and metrics["rmse"] > 0
@@ -39,6 +41,12 @@ def test_fresh_clone_trains_and_reruns_only_what_changed(tmp_path):
     changed = sh(["dvc", "repro"], root).stdout
     assert "Running stage 'prepare'" not in changed
     assert "Running stage 'train'" in changed and "Running stage 'evaluate'" in changed
+    assert "Running stage 'estimate'" in changed
+
+    edit_config(root, lambda raw: raw["estimate"].update(confidence=0.8))
+    only_estimate = sh(["dvc", "repro"], root).stdout
+    assert "Running stage 'estimate'" in only_estimate
+    assert "Running stage 'train'" not in only_estimate
 
 
 def test_data_is_pulled_back_from_the_remote(tmp_path):

@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 from tasks.approval.card import approval_card, evidence_markdown
 from tasks.approval.records import ApprovalRequest
-from tasks.evidence import DriftRow, GateRow, QualityRow, WindowEvidence, approval_evidence
+from tasks.evidence import (
+    DriftRow,
+    EstimateRow,
+    GateRow,
+    QualityRow,
+    WindowEvidence,
+    approval_evidence,
+)
 
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
 
@@ -72,3 +79,43 @@ def test_a_manual_retrain_shows_no_window_sections():
     req = request().model_copy(update={"evidence": evidence})
     text = evidence_markdown(req)
     assert "### Drift" not in text and "### Model quality" not in text
+
+
+def estimated_request(estimated_only: bool) -> ApprovalRequest:
+    window = WindowEvidence(
+        window="2011-07-01..2011-08-01",
+        message="no dataset drift: 1 of 11 columns drifted",
+        estimated=[
+            EstimateRow(
+                metric="rmse",
+                estimate=97.31,
+                lower=88.12,
+                upper=106.5,
+                confidence=0.9,
+                method="dle",
+            )
+        ],
+        estimated_only=estimated_only,
+    )
+    evidence = approval_evidence(
+        "bikeshare", "2 bad windows in a row (estimated quality)", window, [], "ab12", "b:v2", "r-3"
+    )
+    return request().model_copy(update={"evidence": evidence})
+
+
+def test_a_card_whose_evidence_is_an_estimate_says_so():
+    card = approval_card(estimated_request(estimated_only=True))
+    texts = [b["text"]["text"] for b in card.blocks if b.get("type") == "section" and "text" in b]
+    assert (
+        "*Model quality, ESTIMATED without labels (the evidence is an estimate)*\n"
+        "• `rmse`: estimated 97.31 (90% band 88.12 to 106.5), no labels yet"
+    ) in texts
+    form = evidence_markdown(estimated_request(estimated_only=True))
+    assert "### Model quality, ESTIMATED without labels (the evidence is an estimate)" in form
+    assert "- `rmse`: estimated 97.31 (90% band 88.12 to 106.5), no labels yet" in form
+
+
+def test_an_estimate_beside_labelled_evidence_is_not_called_the_evidence():
+    form = evidence_markdown(estimated_request(estimated_only=False))
+    assert "### Model quality, estimated without labels\n" in form
+    assert "ESTIMATED" not in form

@@ -50,3 +50,22 @@ def test_only_configured_reasons_count():
 def test_cooldown_message_says_how_long():
     trigger = decide(POLICY, [DRIFT, DRIFT], NOW, last_trigger_at=NOW - timedelta(minutes=59))
     assert "60 s to go" in trigger.reason
+
+
+ESTIMATED = WindowOutcome(dataset_drift=False, quality_breached=False, estimated_breached=True)
+
+
+def test_an_estimate_past_the_limit_counts_only_when_the_policy_listens():
+    default = PolicyConfig(consecutive_windows=2)
+    assert not decide(default, [ESTIMATED, ESTIMATED], NOW).fire
+
+    listening = PolicyConfig(consecutive_windows=2, triggers=["estimated_quality"])
+    trigger = decide(listening, [ESTIMATED, ESTIMATED], NOW)
+    assert trigger.fire
+    assert trigger.reason == "2 bad windows in a row (estimated quality)"
+
+
+def test_reasons_name_only_the_triggers_listened_to():
+    policy = PolicyConfig(consecutive_windows=1, triggers=["estimated_quality"])
+    both = WindowOutcome(dataset_drift=True, quality_breached=False, estimated_breached=True)
+    assert decide(policy, [both], NOW).reason == "1 bad windows in a row (estimated quality)"
