@@ -65,7 +65,7 @@ BENCH_OUT := .driftloop/bench/results-$(BENCH_SIZE).jsonl
 .PHONY: bench
 bench: setup  ## benchmarks, one JSON line per case (BENCH_SIZE=small for a quick run); see docs/benchmarks.md
 	@mkdir -p $(dir $(BENCH_OUT)) && : > $(BENCH_OUT)
-	set -o pipefail; for script in bench_checks bench_window bench_monitor bench_serving; do \
+	set -o pipefail; for script in bench_checks bench_window bench_monitor bench_estimation bench_serving bench_shadow; do \
 	  python bench/$$script.py --size $(BENCH_SIZE) | tee -a $(BENCH_OUT) || exit 1; \
 	done
 	python bench/table.py $(BENCH_OUT)

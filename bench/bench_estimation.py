@@ -171,15 +171,21 @@ json.dump(out, open(spec["out"], "w"))
 NANNYML_NAMES = {"f1_macro": "f1"}  # NannyML's multiclass f1 is the macro average
 
 
+def _imports_nannyml(python: Path) -> bool:
+    probe = subprocess.run([str(python), "-c", "import nannyml"], capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
 def nannyml_python() -> Path | str:
     """NannyML's own venv (created once); a string says why it is not available."""
     python = NANNYML_VENV / "bin" / "python"
-    if python.is_file():
+    if python.is_file() and _imports_nannyml(python):
         return python
     try:
-        venv.create(NANNYML_VENV, with_pip=True)
+        if not python.is_file():
+            venv.create(NANNYML_VENV, with_pip=True)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", NANNYML, "pyarrow"],
+            [str(python), "-m", "pip", "install", "-q", NANNYML, "statsmodels", "pyarrow"],
             check=True, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
     except (subprocess.SubprocessError, OSError) as exc:

@@ -76,6 +76,35 @@ COLUMNS = {  # per bench: (heading, key) in table order
         ("flow / check", "flow_over_check"),
     ],
     "notice": [("rows", "rows"), ("result to notice s", "result_to_notice_s")],
+    "estimation": [
+        ("dataset", "case"),
+        ("method", "method"),
+        ("primary", "primary"),
+        ("windows", "windows"),
+        ("rows/window", "window_rows"),
+        ("held-out rows", "held_out_rows"),
+        ("coverage", "coverage"),
+        ("MAE of estimate", "mae"),
+        ("band width", "band_width"),
+        ("coverage per metric", "coverage_per_metric"),
+        ("NannyML", "nannyml"),
+    ],
+    "shadow": [
+        ("load req/s", "rate_per_s"),
+        ("requests", "requests"),
+        ("failed", "failed"),
+        ("mirrored rows", "mirrored_rows"),
+        ("p99 ms off", "p99_ms_off"),
+        ("p99 ms shadow", "p99_ms_shadow"),
+        ("shadow / off", "p99_shadow_over_off"),
+    ],
+    "estimation_cost": [
+        ("rows", "rows"),
+        ("estimated on", "max_rows"),
+        ("estimate s", "estimate_s"),
+        ("check s", "checks_s"),
+        ("estimate / check", "estimate_over_checks"),
+    ],
 }
 
 

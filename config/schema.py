@@ -7,6 +7,7 @@ estimator class live in `config.loader`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -210,6 +211,30 @@ class ServingConfig(Section):
     )
 
 
+class ShadowConfig(Section):
+    """Live requests mirrored to a candidate; its answers beside the champion's."""
+
+    seconds: float = Field(
+        60,
+        ge=0,
+        description="How long nginx mirrors live traffic to the candidate before the switch; "
+        "0 turns the stage off. A minute is a few hundred requests at modest traffic and costs "
+        "little next to an approval that waited hours.",
+    )
+    min_rows: int = Field(
+        50, ge=1, description="Fewer mirrored rows than this judge nothing; recorded, and on."
+    )
+    max_ratio: float = Field(
+        2.0, ge=1, description="Live disagreement may reach this many times the holdout's..."
+    )
+    slack: float = Field(
+        0.05, ge=0, description="...plus this much (share of changed labels, relative difference)."
+    )
+    drift_slack: float = Field(
+        0.1, ge=0, description="...and the drift of predictions this much over the holdout's."
+    )
+
+
 class KubernetesConfig(Section):
     """The same bento image past one machine: deployments/k8s, rendered by `driftloop render`."""
 
@@ -303,6 +328,12 @@ class MonitorConfig(Section):
         description="A sudden change when this share of columns drifts against the previous "
         "usable window (None: drift_share).",
     )
+    version_drift_threshold: float = Field(
+        0.1,
+        gt=0,
+        description="A serving version's prediction drift against the stable one (normed "
+        "Wasserstein, Jensen-Shannon for classes) past which the Argo canary fails.",
+    )
 
 
 class EstimateConfig(Section):
@@ -313,7 +344,7 @@ class EstimateConfig(Section):
         0.9, gt=0.5, lt=1, description="The band holds the realised metric this often."
     )
     max_rows: int = Field(
-        20_000, ge=500, description="A window's estimate uses a uniform sample of this many rows."
+        5_000, ge=500, description="A window's estimate uses a uniform sample of this many rows."
     )
     fit_share: float = Field(
         0.5,
@@ -323,6 +354,12 @@ class EstimateConfig(Section):
         "measures the band.",
     )
     seed: int = 42
+    settle_days: float = Field(
+        7, gt=0, description="A window's late labels are awaited this long to settle its estimate."
+    )
+    settle_per_run: int = Field(
+        3, ge=0, le=100, description="Earlier windows whose labels each monitor run looks for."
+    )
 
 
 MONITOR_DEFAULTS = MonitorConfig()  # the one place monitor defaults are written: above
@@ -384,6 +421,7 @@ class GateConfig(Section):
 ApprovalChannel = Literal["slack", "cli", "ui"]
 APPROVAL_CHANNELS: tuple[ApprovalChannel, ...] = get_args(ApprovalChannel)
 SEALING_CHANNELS: tuple[ApprovalChannel, ...] = ("slack", "cli")  # the UI's resume is unsealed
+SLACK_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 class Approvers(Section):
@@ -426,7 +464,44 @@ class ApprovalConfig(Section):
             )
         return value
 
-    timeout_seconds: int = Field(86400, ge=10, description="An open request expires after this.")
+    @model_validator(mode="after")
+    def _escalation_reaches_someone(self) -> ApprovalConfig:
+        if self.on_timeout == "escalate" and not any(
+            getattr(self.escalate_to, c) for c in APPROVAL_CHANNELS
+        ):
+            raise ValueError(
+                "approval.on_timeout is escalate but approval.escalate_to names nobody; "
+                "list who may decide past the deadline, e.g. {slack: [U0123ABCD]}"
+            )
+        for channel in APPROVAL_CHANNELS:
+            if getattr(self.escalate_to, channel) and channel not in self.channels:
+                raise ValueError(
+                    f"approval.escalate_to.{channel} lists identities but {channel} is not in "
+                    f"approval.channels {self.channels}; add it there or drop them"
+                )
+        for user in self.escalate_to.slack:  # mentioned on the card as <@id>: ids only
+            if not SLACK_USER_ID.fullmatch(user):
+                raise ValueError(
+                    f"approval.escalate_to.slack: {user!r} is not a Slack user id "
+                    "(U or W then capitals and digits, e.g. U0123ABCD); handles are never matched"
+                )
+        return self
+
+    timeout_seconds: int = Field(86400, ge=10, description="The deadline for a decision.")
+    on_timeout: Literal["reject", "remind", "escalate"] = Field(
+        "reject",
+        description="At the deadline: reject (nothing promoted), remind (re-post the card every "
+        "remind_every_seconds) or escalate (escalate_to may decide too); the last two for "
+        "grace_seconds more, then reject.",
+    )
+    remind_every_seconds: int = Field(14400, ge=1, description="Between reminders (remind).")
+    grace_seconds: int = Field(
+        86400, ge=1, description="How long remind, escalate keep a request open past the deadline."
+    )
+    escalate_to: Approvers = Field(
+        default_factory=Approvers,
+        description="Who may also decide once the deadline has passed (escalate), per channel.",
+    )
     poll_seconds: float = Field(2.0, gt=0, le=60, description="How fast a decision is noticed.")
     slack_host: str = "127.0.0.1"
     slack_port: int = Field(3100, ge=1, le=65535, description="`driftloop slack` HTTP port.")
@@ -474,6 +549,7 @@ class DriftloopConfig(Section):
     train: TrainConfig
     evaluate: EvaluateConfig = EvaluateConfig()
     serving: ServingConfig = ServingConfig()
+    shadow: ShadowConfig = ShadowConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
     storage: StorageConfig = StorageConfig()
     capture: CaptureConfig = CaptureConfig()

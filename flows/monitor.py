@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
@@ -28,6 +29,8 @@ from tasks.monitor.outcome import (
 )
 from tasks.monitor.reference import read_reference
 from tasks.monitor.reports import publish_artifacts, write_report
+from tasks.monitor.settle import settle_estimates
+from tasks.monitor.versions import compare_versions
 from tasks.monitor.window_change import find_previous_window, save_profile
 from tasks.notify import close_thread, current_thread, monitor_headline, monitor_notice, send_notice
 from tasks.release.package import load_estimator, read_model
@@ -92,6 +95,10 @@ def monitor(
         result.estimated = estimate_window(
             window.frame, project, estimator, classes=model.classes, quality=result.quality
         )
+    # earlier windows whose labels arrived since: their estimates beside the realised values
+    settled = None
+    if project.config.estimate.enabled:
+        settled = settle_estimates(project, start, classes=model.classes)
     seen = assess(result)
     logger.info("%s: %s", when, result.message)
 
@@ -127,12 +134,18 @@ def monitor(
     save_profile(project, run_id, result)
 
     # 5. publish (retried inside the task; a failure is raised after notifying)
-    metrics = monitor_metrics(result, window, time.perf_counter() - began)
+    metrics = monitor_metrics(result, window, time.perf_counter() - began, settled)
+    # each serving version's predictions against the stable one's (the Argo canary reads it)
+    if seen.usable:
+        versions = compare_versions(project, window.frame, serving.bento)
+        metrics = replace(metrics, versions=versions)
     published = push_metrics(project, metrics, return_state=True)
 
     # 6b. notify: artifacts always, Slack when something is wrong (one thread per cycle)
     headline = monitor_headline(project, result)
-    publish_artifacts(project, result, headline, when, report_urls, sample=window.sample_note)
+    publish_artifacts(
+        project, result, headline, when, report_urls, sample=window.sample_note, settled=settled
+    )
     links = monitor_links(project, report_urls, flow_run.ui_url if flow_run.id else None)
     if seen.wrong or current_thread(project) is not None:
         notice = monitor_notice(
@@ -170,4 +183,5 @@ def monitor(
         "estimated": estimated_values(result),
         "change": result.change.verdict if result.change else None,
         "estimated_breached": seen.estimated_breached,
+        "settled": [s.run_id for s in settled.settled_now] if settled else [],
     }

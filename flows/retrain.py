@@ -82,7 +82,7 @@ def retrain(
     logger.info("candidate %s; held-out split %s", candidate, training.metrics)
 
     # 3. the gate: candidate vs champion on the held-out recent window
-    verdict = judge_candidate(project, serving.model_tag, trainset.holdout)
+    verdict = judge_candidate(project, serving.model_tag, trainset.holdout, candidate_tag=candidate)
     logger.info("gate: %s", verdict.reason)
     if not verdict.passed:
         send_notice(

@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hmac
+import json
 import logging
 import math
 import os
@@ -683,3 +685,46 @@ class LabelGate:
         if repeated:
             self._counters["relabels"].inc(repeated)
         return accepted, unknown, repeated
+
+
+# ---------------------------------------------------------------- a shadow stage's answers
+
+MIRROR_SECRET_ENV = "DRIFTLOOP_MIRROR_SECRET"  # what nginx puts in MIRROR_HEADER, per stage
+SHADOW_DIR_ENV = "DRIFTLOOP_SHADOW_DIR"
+MIRROR_HEADER = "x-driftloop-mirror"
+SHADOW_MAX_ROWS = 200_000  # per process: a stage longer than planned cannot fill the disk
+
+
+@dataclass
+class ShadowLog:
+    """A candidate's answers to requests nginx mirrored to it, kept beside (never in) the
+    capture store: one JSON line per request, one file per process.
+
+    Only a request whose MIRROR_HEADER equals the secret nginx was given is mirrored; a client
+    that sends the header itself (nginx clears it on the clients' path anyway) is a client."""
+
+    directory: Path
+    secret: bytes
+    rows: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_env(cls) -> ShadowLog | None:
+        secret = os.environ.get(MIRROR_SECRET_ENV, "").strip()
+        directory = os.environ.get(SHADOW_DIR_ENV, "").strip()
+        if not secret or not directory:
+            return None
+        return cls(Path(directory), secret.encode())
+
+    def marks(self, header: str) -> bool:
+        return hmac.compare_digest(header.encode(), self.secret)
+
+    def add(self, records: list[dict], predictions: list, probabilities: list | None) -> None:
+        line = {"records": records, "predictions": predictions, "probabilities": probabilities}
+        with self.lock:
+            if self.rows + len(records) > SHADOW_MAX_ROWS:
+                return
+            self.rows += len(records)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with open(self.directory / f"answers-{os.getpid()}.jsonl", "a") as out:
+                out.write(json.dumps(line, default=str) + "\n")

@@ -16,6 +16,9 @@ of it fitting and the other part sizing the band:
   squared error of each row: mae is their mean, rmse the root of the mean squared error. r2 needs
   the variance of the window's labels, which the predictions alone do not give: it is left out.
 
+Once the band part has measured the estimator's error, the calibrators or nanny models are
+fitted again on the whole held-out set: more rows make them no worse than the ones measured.
+
 The band holds the realised metric in `confidence` of windows. Its half-width is
 z * sqrt(sampling + systematic), z the normal quantile:
 
@@ -63,6 +66,7 @@ NOT_ESTIMATED = {
 }
 THREADED_ROWS = 10_000  # nanny models predict on all cores from this many rows
 SIMULATIONS = 200  # label sets simulated per window for the cbpe sampling term
+SIMULATED_ROWS = 2_000  # rows they are drawn for; larger windows scale the variance down
 SHIFT_STRENGTHS = (0.0, 0.5, 1.0, 1.5)  # weights exp(strength * z) along a random direction
 SHIFT_DIRECTIONS = 12  # per strength above zero
 MIN_ROWS = 20  # in each part of the held-out set
@@ -81,6 +85,24 @@ class Estimate:
     value: float
     lower: float
     upper: float
+
+
+@dataclass(frozen=True)
+class RowScores:
+    """Per-row results of the estimator's models: expected absolute and squared errors (dle),
+    or the window as cbpe sees it."""
+
+    moments: tuple[np.ndarray, np.ndarray] | None = None
+    window: _Window | None = None
+
+    def __len__(self) -> int:
+        return len(self.moments[0]) if self.moments is not None else len(self.window.predicted)
+
+    def take(self, rows: np.ndarray) -> RowScores:
+        if self.moments is not None:
+            return RowScores(moments=(self.moments[0][rows], self.moments[1][rows]))
+        w = self.window
+        return RowScores(window=_Window(w.calibrated[rows], w.predicted[rows], w.proba[rows]))
 
 
 @dataclass
@@ -117,23 +139,41 @@ class PerformanceEstimator:
         prediction: Any,
         proba: np.ndarray | None,
         *,
-        max_rows: int = 20_000,
+        max_rows: int = 5_000,
     ) -> list[Estimate]:
         """Each estimated metric on this window (its features, the model's predictions and, for a
         classifier, its probabilities in `classes` order), on at most `max_rows` rows."""
         n = _check_window(self, features, prediction, proba)
         rows = _sample(n, max_rows, self.seed)
-        features = features.iloc[rows]
-        prediction = np.asarray(prediction)[rows]
+        proba = None if proba is None else np.asarray(proba, dtype="float64")[rows]
+        scores = self.row_scores(features.iloc[rows], np.asarray(prediction)[rows], proba)
+        return self.summarise(scores)
+
+    def row_scores(
+        self, features: pd.DataFrame, prediction: Any, proba: np.ndarray | None
+    ) -> RowScores:
+        """What the estimator makes of each row (no sampling): its expected losses (dle) or its
+        calibrated probabilities (cbpe). `summarise` turns any subset of them into estimates, so
+        a window and its labelled part cost one pass of the models."""
+        _check_window(self, features, prediction, proba)
+        prediction = np.asarray(prediction)
         if self.method == "dle":
-            moments = _dle_moments(self, features, prediction)
-            values = {m: _dle_value(m, moments) for m in self.metrics}
-            sampling = {m: _dle_sampling_var(m, moments, self.kurtosis) for m in self.metrics}
+            return RowScores(moments=_dle_moments(self, features, prediction))
+        window = _cbpe_window(self, prediction, np.asarray(proba, dtype="float64"))
+        return RowScores(window=window)
+
+    def summarise(self, scores: RowScores, rows: np.ndarray | None = None) -> list[Estimate]:
+        """Each metric's estimate and band over `rows` of `scores` (all of them by default)."""
+        if rows is not None:
+            scores = scores.take(rows)
+        if scores.moments is not None:
+            values = {m: _dle_value(m, scores.moments) for m in self.metrics}
+            sampling = {
+                m: _dle_sampling_var(m, scores.moments, self.kurtosis) for m in self.metrics
+            }
         else:
-            proba = np.asarray(proba, dtype="float64")[rows]
-            window = _cbpe_window(self, prediction, proba)
-            values = {m: _cbpe_expected(m, window) for m in self.metrics}
-            sampling = _cbpe_sampling_var(self.metrics, window, self.seed)
+            values = {m: _cbpe_expected(m, scores.window) for m in self.metrics}
+            sampling = _cbpe_sampling_var(self.metrics, scores.window, self.seed)
         return [self._band(m, values[m], sampling[m]) for m in self.metrics]
 
     def outside_share(self, features: pd.DataFrame) -> float:
@@ -220,7 +260,31 @@ def fit_estimator(
             )
         proba = np.asarray(pipeline.predict_proba(features), dtype="float64")
         _fit_cbpe(est, features, prediction, proba, y, fit_idx, band_idx)
+    _refit_on_all(est, features, prediction, y, proba if method == "cbpe" else None)
     return est
+
+
+def _refit_on_all(est: PerformanceEstimator, features, prediction, y, proba) -> None:
+    """The calibrators or nanny models fitted again on the whole held-out set, once the band
+    part has measured their error: models fitted on twice the rows err no more than the ones
+    measured, so the band stays honest while the estimate gains (NannyML fits on its whole
+    reference set too)."""
+    if est.method == "dle":
+        est.encoder = feature_encoder(est.numeric, est.categorical).fit(features)
+        error = y.astype("float64") - prediction
+        x = _nanny_inputs(est, features, prediction)
+        with threadpool_limits(1, user_api="openmp"):
+            est.nanny_abs = _nanny(est.seed).fit(x, np.abs(error))
+            est.nanny_sq = _nanny(est.seed).fit(x, np.square(error))
+        return
+    truth = _class_index(est.classes, y, "held-out label")
+    k = len(est.classes)
+    est.calibrators = [
+        IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+            proba[:, column], truth == column
+        )
+        for column in (range(k) if k > 2 else [1])
+    ]
 
 
 def _why_skipped(metric: str, task: str) -> str:
@@ -467,13 +531,23 @@ def _auc_of_sets(score: np.ndarray, positive: np.ndarray) -> np.ndarray:
 def _cbpe_sampling_var(
     metrics: list[str], w: _Window, seed: int, simulations: int = SIMULATIONS
 ) -> dict[str, float]:
-    """The realised metrics' variance over label sets drawn from the calibrated probabilities."""
+    """The realised metrics' variance over label sets drawn from the calibrated probabilities.
+
+    Past SIMULATED_ROWS rows the label sets are drawn for a uniform subset of that many, and
+    the variance scaled by subset / rows: each metric is a mean-like statistic whose variance
+    falls as 1 / rows, and the subset keeps the cost flat at any window size."""
     rng = np.random.default_rng(seed)
+    n = len(w.predicted)
+    scale = 1.0
+    if n > SIMULATED_ROWS:
+        rows = np.sort(rng.choice(n, size=SIMULATED_ROWS, replace=False))
+        w = _Window(w.calibrated[rows], w.predicted[rows], w.proba[rows])
+        scale = SIMULATED_ROWS / n
     cumulative = np.cumsum(w.calibrated, axis=1)
     cumulative[:, -1] = 1.0
     draws = rng.random((simulations, len(w.predicted), 1))
     labels = (draws > cumulative[None, :, :]).sum(2)
-    return {m: float(np.var(v)) for m, v in _realised(metrics, labels, w).items()}
+    return {m: scale * float(np.var(v)) for m, v in _realised(metrics, labels, w).items()}
 
 
 # ---------------------------------------------------------------- estimating

@@ -33,6 +33,7 @@ from model.capture import (
     CAPTURE_DIR_ENV,
     FLUSH_SECONDS_ENV,
     LABELS,
+    MIRROR_HEADER,
     PREDICTIONS,
     SAMPLE_RATE_ENV,
     TOKEN_ENV,
@@ -40,6 +41,7 @@ from model.capture import (
     EventWindow,
     LabelGate,
     PredictionColumns,
+    ShadowLog,
     capture_counters,
     capture_schema,
     label_rows,
@@ -160,6 +162,7 @@ class Predictor:
         self.labels = (
             None if self.capture is None else LabelGate(self.capture.store.sub(PREDICTIONS))
         )
+        self.shadow = ShadowLog.from_env()  # set while this server is a shadow stage's candidate
 
     def _capture_writer(self) -> CaptureWriter | None:
         """The writer for the store DRIFTLOOP_CAPTURE_DIR names (a directory or s3:// URL, its
@@ -186,13 +189,15 @@ class Predictor:
         ids: list[str] | None = None,
         timestamps: list[str] | None = None,
         probe: bool = False,
+        ctx: bentoml.Context = None,
     ) -> dict[str, Any]:
         """Predictions for a batch of feature records, with the model that made them.
 
         `ids` (the caller's inference ids) and `timestamps` (event times, for replays) are
         optional and must match `records` in length; ids are minted when absent. `probe`
         marks a health check (a roll-forward's smoke test and watch): answered, never captured,
-        so it cannot pass for production traffic in the monitor's windows.
+        so it cannot pass for production traffic in the monitor's windows. A request nginx
+        mirrored in a shadow stage is not captured either: its answer goes to the shadow log.
         """
         try:
             features = records_frame(records, self.schema, ARGS.max_batch)
@@ -209,7 +214,9 @@ class Predictor:
         if probabilities is not None:
             answer["probabilities"] = probabilities
             answer["classes"] = self.schema.classes
-        if self.capture is not None and not probe:
+        if self._mirrored(ctx):
+            self.shadow.add(records, predictions, probabilities)
+        elif self.capture is not None and not probe:
             self.labels.answered(ids)
             if self.capture.sampled():
                 self._record(features, predictions, probabilities, ids, times)
@@ -238,6 +245,12 @@ class Predictor:
     def close_capture(self) -> None:
         if self.capture is not None:
             self.capture.close()
+
+    def _mirrored(self, ctx: bentoml.Context | None) -> bool:
+        """Sent by nginx's mirror (the header holds its secret), not by a client."""
+        if self.shadow is None or ctx is None:
+            return False
+        return self.shadow.marks(ctx.request.headers.get(MIRROR_HEADER, ""))
 
     def _ids_and_times(self, n: int, ids, timestamps):
         ids = validate_ids(ids, n) or [uuid.uuid4().hex for _ in range(n)]

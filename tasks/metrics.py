@@ -22,6 +22,7 @@ from prometheus_client import (
 )
 
 from config.loader import Project
+from tasks.monitor.versions import VersionPredictions
 from tasks.render.names import MONITOR_JOB, SERVING_JOB  # one spelling for pusher and rules
 
 ROLLOUTS_JOB = "driftloop_rollouts"
@@ -48,7 +49,10 @@ class MonitorMetrics:
     estimate_error: tuple[tuple[str, float], ...] = ()  # metric, estimate minus realised
     estimated_breached: bool | None = None  # the primary estimate past its limit beyond the band
     change_share: float | None = None  # share of columns drifted against the previous window
+    band_coverage: float | None = None  # share of settled windows whose band held the realised
+    settled_windows: int = 0  # settled windows that share is measured on
     sudden_change: bool | None = None
+    versions: tuple[VersionPredictions, ...] = ()  # each serving version's predictions
 
 
 def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = None):
@@ -115,6 +119,14 @@ def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = No
             "driftloop_estimated_quality_breached",
             "1 when the estimated primary metric is past its limit beyond its band",
         ).set(int(m.estimated_breached))
+    if m.band_coverage is not None:
+        gauge(
+            "driftloop_estimate_band_coverage_ratio",
+            "Share of the latest settled windows whose estimate's band held the realised value",
+        ).set(m.band_coverage)
+        gauge(
+            "driftloop_estimate_settled_windows", "Settled windows that share is measured on"
+        ).set(m.settled_windows)
     if m.change_share is not None:
         gauge(
             "driftloop_window_change_share",
@@ -124,10 +136,48 @@ def monitor_registry(project: Project, m: MonitorMetrics, now: float | None = No
         gauge("driftloop_sudden_change", "1 when the window changed suddenly").set(
             int(m.sudden_change)
         )
+    if m.versions:
+        version_gauges(registry, m.versions)
     gauge(
         "driftloop_monitor_last_success_timestamp_seconds", "Unix time of the last completed run"
     ).set(now if now is not None else time.time())
     return registry
+
+
+def version_gauges(registry: CollectorRegistry, versions: tuple[VersionPredictions, ...]):
+    """Each serving version's prediction distribution and its drift against the stable one,
+    which the Argo canary's analysis reads for the canary's version."""
+
+    def gauge(name: str, doc: str, labels: tuple[str, ...]) -> Gauge:
+        return Gauge(name, doc, ("version", *labels), registry=registry)
+
+    rows = gauge("driftloop_version_rows", "Window rows this version answered", ())
+    stable = gauge("driftloop_version_stable", "1 for the version the others are compared with", ())
+    mean = gauge("driftloop_version_prediction_mean", "Mean prediction of the version", ())
+    quantile = gauge(
+        "driftloop_version_prediction_quantile", "Quantile of its predictions", ("quantile",)
+    )
+    share = gauge(
+        "driftloop_version_class_share", "Share of rows predicted as the class", ("class",)
+    )
+    drift = gauge(
+        "driftloop_version_prediction_drift",
+        "Drift of the version's predictions against the stable version's",
+        ("method",),
+    )
+    limit = gauge("driftloop_version_prediction_drift_threshold", "Its threshold", ("method",))
+    for v in versions:
+        rows.labels(v.version).set(v.rows)
+        stable.labels(v.version).set(int(v.stable))
+        if v.mean is not None:
+            mean.labels(v.version).set(v.mean)
+        for q, value in v.quantiles:
+            quantile.labels(v.version, f"{q:g}").set(value)
+        for name, value in v.class_shares:
+            share.labels(v.version, name).set(value)
+        if v.drift is not None:
+            drift.labels(v.version, v.drift.method).set(v.drift.score)
+            limit.labels(v.version, v.drift.method).set(v.drift.threshold)
 
 
 def push_monitor_metrics(project: Project, m: MonitorMetrics) -> None:

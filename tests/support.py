@@ -37,11 +37,16 @@ def sh(args: list[str], cwd: Path, check: bool = True, timeout: float = 600):
     return done
 
 
+SHADOW_SECONDS = 5
+
+
 def copy_project(dest: Path) -> Path:
     """What a fresh clone holds: tracked (and new, not ignored) files, a new git repo, no state.
 
     Its config names free loopback ports (private_ports), so nothing a test starts, calls or
-    pushes to in the copy reaches a stack running on the default ports."""
+    pushes to in the copy reaches a stack running on the default ports. Its shadow stage lasts
+    SHADOW_SECONDS instead of a minute: every roll-forward of the suite runs it, and a test of
+    the stage itself sets its own."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -58,6 +63,7 @@ def copy_project(dest: Path) -> Path:
     config = dest / "config" / "driftloop.yaml"
     raw = yaml.safe_load(config.read_text())
     private_ports(raw)
+    raw.setdefault("shadow", {})["seconds"] = SHADOW_SECONDS
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     sh(["git", "init", "-q", "-b", "main"], dest)
     sh(["git", "config", "user.email", "tests@driftloop.local"], dest)

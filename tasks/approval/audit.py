@@ -1,7 +1,10 @@
-"""The approval audit log and its metric: every decision and refusal, one JSON line each.
+"""The approval audit log and its metric: every decision, refusal, reminder and escalation, one
+JSON line each.
 
 `.driftloop/audit/approvals.jsonl` is the record; `driftloop_approvals_total{decision,channel}`
-is recounted from it on every push, so a Pushgateway that is down loses nothing.
+is recounted from it on every push, so a Pushgateway that is down loses nothing. What the
+deadline did is counted under channel `timeout`: `reject` (closed with no decision), `reminded`
+and `escalated`.
 """
 
 from __future__ import annotations
@@ -67,13 +70,14 @@ def read_audit(project: Project, run_id: str | None = None) -> list[AuditEntry]:
 
 
 def approval_counts(project: Project) -> dict[tuple[str, str], int]:
-    """(decision, channel) -> count, from the audit log; refusals count as decision 'refused'."""
+    """(decision, channel) -> count, from the audit log; refusals count as decision 'refused',
+    reminders and escalations as 'reminded' and 'escalated' on channel 'timeout'."""
     tally: Tally[tuple[str, str]] = Tally()
     for entry in read_audit(project):
-        if entry.event == "decision":
-            tally[(entry.decision, entry.channel or "none")] += 1
-        else:
+        if entry.event == "refusal":
             tally[("refused", entry.channel or "none")] += 1
+        else:
+            tally[(entry.decision, entry.channel or "none")] += 1
     return dict(tally)
 
 
@@ -81,7 +85,7 @@ def approvals_registry(project: Project) -> CollectorRegistry:
     registry = CollectorRegistry()
     total = Counter(
         "driftloop_approvals",
-        "Approval decisions and refusals, by decision and channel",
+        "Approval decisions, refusals, reminders and escalations, by decision and channel",
         ("decision", "channel"),
         registry=registry,
     )

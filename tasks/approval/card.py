@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
+from config.schema import SLACK_USER_ID
 from tasks.approval.records import UI_IDENTITY, ApprovalRequest, Decision, iso
 from tasks.evidence import Evidence, outside_note
 from tasks.notify import Notice, post_notice, update_notice
@@ -80,7 +81,7 @@ def evidence_markdown(request: ApprovalRequest) -> str:
         f"## Approve `{ev.candidate}` for `{ev.model}`?",
         f"**Why:** {ev.reason}",
         f"**Data rev:** `{ev.data_rev}` · **Retrain run:** `{ev.retrain_run_id}` · "
-        f"**Evidence hash:** `{request.evidence_hash}` · **Expires:** {iso(request.expires_at)}",
+        f"**Evidence hash:** `{request.evidence_hash}` · **Deadline:** {deadline_text(request)}",
     ]
     if ev.gate:
         parts.append("### Gate: candidate vs champion")
@@ -112,7 +113,9 @@ def evidence_markdown(request: ApprovalRequest) -> str:
     return "\n\n".join(parts)
 
 
-def approval_card(request: ApprovalRequest, decision: Decision | None = None) -> Notice:
+def approval_card(
+    request: ApprovalRequest, decision: Decision | None = None, escalated: bool = False
+) -> Notice:
     """The Block Kit card: evidence, then the buttons, or the outcome in their place."""
     ev = request.evidence
     title = f"{ev.model}: approve candidate {ev.candidate}?"
@@ -125,7 +128,7 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
                 {"type": "mrkdwn", "text": f"*Data rev*\n`{ev.data_rev}`"},
                 {"type": "mrkdwn", "text": f"*Candidate*\n`{ev.candidate}`"},
                 {"type": "mrkdwn", "text": f"*Evidence hash*\n`{request.evidence_hash}`"},
-                {"type": "mrkdwn", "text": f"*Expires*\n{iso(request.expires_at)}"},
+                {"type": "mrkdwn", "text": f"*Deadline*\n{plain(deadline_text(request))}"},
             ],
         },
     ]
@@ -149,6 +152,8 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
             "elements": [{"type": "mrkdwn", "text": " · ".join(filter(None, [links, cli]))}],
         }
     )
+    if decision is None and escalated:
+        blocks.append(_mrkdwn(escalation_notice(request).text))
     if decision is None:
         value = f"{request.run_id}:{request.evidence_hash}"
         blocks.append(
@@ -164,13 +169,57 @@ def approval_card(request: ApprovalRequest, decision: Decision | None = None) ->
         return Notice(text=f"Approval needed: {title}", blocks=blocks)
     icon = {"approve": ":white_check_mark:", "reject": ":x:", "expired": ":hourglass:"}
     said = plain(decision.describe())
-    line = f"{icon[decision.outcome]} *{said[:1].upper() + said[1:]}*"  # ids keep their case
+    mark = ":hourglass:" if decision.timed_out else icon[decision.outcome]
+    line = f"{mark} *{said[:1].upper() + said[1:]}*"  # ids keep their case
     if decision.comment:
         line += f"\n> {plain(decision.comment)}"
-    if decision.outcome == "expired":
+    if decision.timed_out:
         line += "\nNothing will be promoted."
     blocks.append(_mrkdwn(line))
     return Notice(text=plain(f"{title} {decision.describe()}"), blocks=blocks)
+
+
+def deadline_text(request: ApprovalRequest) -> str:
+    """When the request is due and what the deadline then does (`approval.on_timeout`)."""
+    due, final = iso(request.expires_at), iso(request.final_at)
+    if request.on_timeout == "remind" and request.final_at > request.expires_at:
+        every = f"{request.remind_every_seconds or 0:g} s"
+        return f"{due}, then reminders every {every} until {final}, then rejected"
+    if request.on_timeout == "escalate" and request.final_at > request.expires_at:
+        who = ", ".join(request.escalate_to)
+        return f"{due}, then escalated to {who} until {final}, then rejected"
+    return f"{due}, then rejected"
+
+
+def mention(entry: str) -> str:
+    """`slack:U0123` as a Slack mention (<@U0123>); any other identity as plain text.
+    Only a well-formed user id becomes a mention: never <!channel> or a link."""
+    channel, _, who = entry.partition(":")
+    if channel == "slack" and SLACK_USER_ID.fullmatch(who):
+        return f"<@{who}>"
+    return plain(entry)
+
+
+def reminder_notice(request: ApprovalRequest, count: int) -> Notice:
+    """The card again, in its thread, with a line saying it is still waiting."""
+    card = approval_card(request)
+    still = (
+        f":alarm_clock: *Reminder {count}: still waiting for a decision* "
+        f"(the deadline {iso(request.expires_at)} has passed; "
+        f"rejected by timeout at {iso(request.final_at)})"
+    )
+    return Notice(text=f"Reminder: {card.text}", blocks=[_mrkdwn(still), *card.blocks])
+
+
+def escalation_notice(request: ApprovalRequest) -> Notice:
+    """The thread reply that asks the escalation identities, mentioning the Slack ones."""
+    who = ", ".join(mention(e) for e in request.escalate_to)
+    text = (
+        f":rotating_light: No decision by {iso(request.expires_at)}: escalated to {who}, who may "
+        f"now decide with the card's buttons or `driftloop approve {request.run_id}`. "
+        f"Rejected by timeout at {iso(request.final_at)}."
+    )
+    return Notice(text=text, blocks=[_mrkdwn(text)])
 
 
 def _mrkdwn(text: str) -> dict[str, Any]:

@@ -40,7 +40,7 @@ async def apending_requests(project: Project) -> list[PendingRequest]:
                     evidence=request.evidence,
                     evidence_hash=request.evidence_hash,
                     requested_at=request.requested_at,
-                    expires_at=request.expires_at,
+                    expires_at=request.final_at,
                     age_seconds=(now - request.requested_at).total_seconds(),
                     approvers=request.approvers,
                     url=run_url(project, run.id),

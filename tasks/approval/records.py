@@ -14,8 +14,10 @@ from config.schema import APPROVAL_CHANNELS, ApprovalChannel
 from tasks.evidence import Evidence
 
 Channel = ApprovalChannel
-Outcome = Literal["approve", "reject", "expired"]
+Outcome = Literal["approve", "reject", "expired"]  # expired: a timeout recorded before on_timeout
+OnTimeout = Literal["reject", "remind", "escalate"]
 PAST = {"approve": "approved", "reject": "rejected", "expired": "expired"}
+TIMEOUT = "timeout"  # the audit log's and the metric's channel for what the deadline did
 
 
 UI_IDENTITY = "prefect-ui"  # all the Prefect UI proves: its user holds the server's auth string
@@ -50,6 +52,15 @@ class ApprovalRequest(BaseModel):
     card_channel: str | None = None
     card_ts: str | None = None
     url: str = ""
+    on_timeout: OnTimeout = "reject"  # what `expires_at` does; see `tasks.approval.deadline`
+    closes_at: datetime | None = None  # remind, escalate: the final deadline (None: expires_at)
+    remind_every_seconds: float | None = None
+    escalate_to: list[str] = []  # `channel:identity`, who may also decide from `expires_at`
+
+    @property
+    def final_at(self) -> datetime:
+        """After this nothing can be decided: the request is rejected by timeout."""
+        return self.closes_at or self.expires_at
 
 
 class Decision(BaseModel):
@@ -66,11 +77,18 @@ class Decision(BaseModel):
     def sealed_fields(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"seal"})
 
+    @property
+    def timed_out(self) -> bool:
+        """Decided by the deadline, not by a person (no channel proved anyone)."""
+        return self.channel is None and self.outcome != "approve"
+
     def describe(self) -> str:
         """E.g. 'approved by alice via slack at 2026-05-01T10:00:00Z'."""
         when = iso(self.decided_at)
         if self.outcome == "expired":
             return f"expired at {when} with no decision"
+        if self.timed_out:
+            return f"rejected by timeout at {when} with no decision"
         return f"{PAST[self.outcome]} by {self.approver} via {self.channel} at {when}"
 
 
@@ -102,14 +120,15 @@ class PendingRequest(BaseModel):
 
 class AuditEntry(BaseModel):
     at: datetime
-    event: Literal["decision", "refusal"]
-    decision: str  # approve | reject | expired (for a refusal: what was asked)
+    event: Literal["decision", "refusal", "reminder", "escalation"]
+    decision: str  # approve | reject | expired | reminded | escalated (refusal: what was asked)
     approver: str | None = None
     channel: str | None = None
     run_id: str
     evidence_hash: str | None = None
     comment: str = ""
     reason: str = ""
+    due_at: datetime | None = None  # a reminder's or escalation's scheduled time
 
 
 def iso(when: datetime) -> str:

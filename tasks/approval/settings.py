@@ -1,5 +1,5 @@
 """The `approval` config section as the approval code uses it: who may decide on which channel,
-how long a request waits, and where a run is shown.
+how long a request waits, what its deadline does, and where a run is shown.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from config.loader import Project
-from config.schema import APPROVAL_CHANNELS, ApprovalConfig
+from config.schema import APPROVAL_CHANNELS, ApprovalConfig, Approvers
+from tasks.approval.records import OnTimeout
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,10 @@ class ApprovalSettings:
     channels: tuple[str, ...]
     timeout_seconds: int
     poll_seconds: float
+    on_timeout: OnTimeout
+    remind_every_seconds: int
+    grace_seconds: int
+    escalate_to: tuple[str, ...]
     slack_host: str
     slack_port: int
 
@@ -30,6 +35,10 @@ class ApprovalSettings:
             channels=tuple(section.channels),
             timeout_seconds=section.timeout_seconds,
             poll_seconds=section.poll_seconds,
+            on_timeout=section.on_timeout,
+            remind_every_seconds=section.remind_every_seconds,
+            grace_seconds=section.grace_seconds,
+            escalate_to=identities(section.escalate_to),
             slack_host=section.slack_host,
             slack_port=section.slack_port,
         )
@@ -37,10 +46,15 @@ class ApprovalSettings:
 
 def allowed_identities(section: ApprovalConfig) -> tuple[str, ...]:
     """The allow-list as `channel:identity` entries, from the per-channel config."""
+    return identities(section.approvers)
+
+
+def identities(per_channel: Approvers) -> tuple[str, ...]:
+    """Per-channel identities as `channel:identity` entries."""
     return tuple(
         f"{channel}:{identity}"
         for channel in APPROVAL_CHANNELS
-        for identity in getattr(section.approvers, channel)
+        for identity in getattr(per_channel, channel)
     )
 
 

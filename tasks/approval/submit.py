@@ -22,6 +22,7 @@ from prefect.exceptions import ObjectNotFound
 from config.loader import Project
 from config.schema import APPROVAL_CHANNELS
 from tasks.approval.audit import arecord_refusal, read_audit
+from tasks.approval.deadline import deciders
 from tasks.approval.identity import input_seal
 from tasks.approval.records import ApprovalRequest, Channel, Decision, SubmitResult, iso, utc_now
 from tasks.approval.store import latest_request, latest_response, read_decision
@@ -47,11 +48,19 @@ def check_submission(
         )
     if channel not in request.channels:
         return f"{channel} may not decide (approval.channels: {', '.join(request.channels)})"
-    if request.approvers and approver not in allowed_on(request.approvers, channel):
-        listed = ", ".join(request.approvers)
+    allowed = deciders(request, now)
+    if allowed and approver not in allowed_on(allowed, channel):
+        if request.on_timeout == "escalate" and approver in allowed_on(
+            request.escalate_to, channel
+        ):
+            return (
+                f"{channel}:{approver} may decide only once the request is escalated, "
+                f"at {iso(request.expires_at)}"
+            )
+        listed = ", ".join(allowed)
         return f"{channel}:{approver} is not on the approver allow-list ({listed})"
-    if now > request.expires_at:
-        return f"the request expired at {iso(request.expires_at)}"
+    if now > request.final_at:
+        return f"the request closed at {iso(request.final_at)} (rejected by timeout)"
     return None
 
 
@@ -150,7 +159,7 @@ async def asubmit_decision(
             if answer.status == SetStateStatus.REJECT:
                 expired = answer.state is not None and answer.state.type == StateType.FAILED
                 why = (
-                    f"the request expired at {iso(request.expires_at)}"
+                    f"the request closed at {iso(request.final_at)} (rejected by timeout)"
                     if expired
                     else f"Prefect refused the input: {getattr(answer.details, 'reason', '')}"
                 )

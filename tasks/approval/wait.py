@@ -3,6 +3,8 @@
 `await_decision` posts the card, stores the request with the run and pauses for `ApprovalInput`;
 it validates each input it is resumed with (an invalid one is refused and the run pauses again),
 then records the decision, sealed, with the run and in the audit log, and shows it on the card.
+Each pause lasts until the next deadline step (`deadline`): a reminder or the escalation is
+taken and the run pauses again; the close rejects the request by timeout.
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ from prefect.states import Running
 from config.loader import Project
 from tasks.approval.audit import append_audit, record_refusal
 from tasks.approval.card import (
+    deadline_text,
     evidence_markdown,
     post_approval_card,
     reply_on_card,
     update_approval_card,
 )
+from tasks.approval.deadline import due_step, next_step, schedule
 from tasks.approval.identity import Forged, Identity, authenticate, seal_decision
+from tasks.approval.overdue import done_until, take_step
 from tasks.approval.records import (
+    TIMEOUT,
     UI_IDENTITY,
     ApprovalInput,
     ApprovalRequest,
@@ -62,7 +68,7 @@ SERVER_AWAY = (httpx.TransportError,)
 
 def await_server(error: Exception, until: datetime, every: float = 0.5) -> None:
     """Block until the Prefect API answers its health check; re-raise `error` if it still does
-    not at `until` (the request's expiry: nothing could be decided after it anyway)."""
+    not at `until` (the request's final deadline: nothing could be decided after it anyway)."""
     began = time.monotonic()
     log.warning(
         "Prefect server unreachable while awaiting approval (%s: %s); waiting for it until %s",
@@ -87,9 +93,10 @@ def await_server(error: Exception, until: datetime, every: float = 0.5) -> None:
 
 
 def _pause_for_input(
-    run_id: UUID, form: type[ApprovalInput], until: datetime, poll: float
+    run_id: UUID, form: type[ApprovalInput], until: datetime, poll: float, hold_until: datetime
 ) -> ApprovalInput:
-    """`pause_flow_run` for `form` until `until`, riding out Prefect server restarts.
+    """`pause_flow_run` for `form` until `until` (the next deadline step), riding out Prefect
+    server restarts until `hold_until` (the final deadline).
 
     The pause polls the server, and when its client's retries ran out during a restart (or
     across several) the error ended the paused run Failed, so the request could no longer be
@@ -107,14 +114,19 @@ def _pause_for_input(
                 key=key,
             )
         except SERVER_AWAY as exc:
-            await_server(exc, until)
-        answer = _wait_on_pause(run_id, form, key, until, poll)
+            await_server(exc, hold_until)
+        answer = _wait_on_pause(run_id, form, key, until, poll, hold_until)
         if answer is not None:
             return answer
 
 
 def _wait_on_pause(
-    run_id: UUID, form: type[ApprovalInput], key: str, until: datetime, poll: float
+    run_id: UUID,
+    form: type[ApprovalInput],
+    key: str,
+    until: datetime,
+    poll: float,
+    hold_until: datetime,
 ) -> ApprovalInput | None:
     """After an outage: poll while the run is in pause `key`, then load its input.
 
@@ -145,7 +157,7 @@ def _wait_on_pause(
                 raise FlowPauseTimeout("Flow run was paused and never resumed.")
             time.sleep(poll)
         except SERVER_AWAY as exc:
-            await_server(exc, until)
+            await_server(exc, hold_until)
 
 
 def await_decision(
@@ -158,9 +170,10 @@ def await_decision(
     """Ask for a decision and wait for it; call inside a (sync) flow run.
 
     Posts the Slack card, stores the request with the run, and pauses for `ApprovalInput` until
-    a valid decision arrives or `timeout_seconds` pass (then the outcome is `expired`). Invalid
-    input (stale evidence, an approver not on the allow-list, too late) is refused, audited and
-    answered in the card's thread, and the run pauses again for the time that is left.
+    a valid decision arrives or the deadline: `timeout_seconds`, then what `approval.on_timeout`
+    says (reminders or escalation for `grace_seconds` more), then a rejection by timeout.
+    Invalid input (stale evidence, an approver not on the allow-list, too late) is refused,
+    audited and answered in the card's thread, and the run pauses again for the time left.
     """
     context = FlowRunContext.get()
     if context is None or context.flow_run is None:
@@ -181,18 +194,26 @@ def await_decision(
     if existing is not None:
         return existing
     request = run_sync(latest_request, run_id)
-    if request is None or request.evidence_hash != hash_:
+    # who may decide comes from this flow's own config, never from what the store holds
+    policy = _policy(settings, allowed_approvers)
+    if request is not None and request.evidence_hash == hash_:
+        request = request.model_copy(update=policy)
+    else:
         now = utc_now()
+        expires_at = now + timedelta(seconds=timeout_seconds)
+        extended = settings.on_timeout != "reject"
         request = ApprovalRequest(
             run_id=str(run_id),
             evidence=evidence,
             evidence_hash=hash_,
             requested_at=now,
-            expires_at=now + timedelta(seconds=timeout_seconds),
-            approvers=list(allowed_approvers),
-            channels=list(settings.channels),
+            expires_at=expires_at,
             poll_seconds=poll,
             url=run_url(project, run_id),
+            on_timeout=settings.on_timeout,
+            closes_at=expires_at + timedelta(seconds=settings.grace_seconds) if extended else None,
+            remind_every_seconds=settings.remind_every_seconds,
+            **policy,
         )
         # 2. the card in Slack, then the request stored with the run
         delivery = post_approval_card(project, request)
@@ -203,21 +224,28 @@ def await_decision(
     _evidence_artifact(request)
     form = ApprovalInput.with_initial_data(description=evidence_markdown(request))
 
-    # 3. pause until a valid decision or the deadline
+    # 3. pause until a valid decision or the next deadline step: remind, escalate or close
+    steps, done = schedule(request), done_until(project, request)
     decision: Decision | None = None
     while decision is None:
-        remaining = (request.expires_at - utc_now()).total_seconds()
-        if remaining <= 0:
+        step = due_step(steps, utc_now(), done)
+        if step is not None and step.kind == "close":
             break
+        if step is not None:
+            take_step(project, request, step)
+            done = step.at
+            continue
         try:
-            answer = _pause_for_input(run_id, form, request.expires_at, poll)
+            answer = _pause_for_input(
+                run_id, form, next_step(steps, done).at, poll, request.final_at
+            )
         except FlowPauseTimeout:
             # take the run back from Paused, or the server fails it for never resuming
             with get_client(sync_client=True) as client:
                 client.set_flow_run_state(
-                    run_id, Running(message="approval request expired"), force=True
+                    run_id, Running(message="approval deadline step due"), force=True
                 )
-            break
+            continue
         decided_at = _input_time(run_id, answer) or utc_now()
         try:
             who = authenticate(project, str(run_id), answer)
@@ -253,9 +281,10 @@ def await_decision(
             run_id=str(run_id),
             candidate=evidence.candidate,
         )
-    if decision is None:
+    if decision is None:  # the close: a rejection by timeout, with no channel and no person
         decision = Decision(
-            outcome="expired",
+            outcome="reject",
+            comment=f"no decision by the deadline {deadline_text(request)}",
             decided_at=utc_now(),
             evidence_hash=hash_,
             run_id=str(run_id),
@@ -272,7 +301,7 @@ def await_decision(
             event="decision",
             decision=decision.outcome,
             approver=decision.approver,
-            channel=decision.channel or "timeout",
+            channel=decision.channel or TIMEOUT,
             run_id=str(run_id),
             evidence_hash=hash_,
             comment=decision.comment,
@@ -281,6 +310,16 @@ def await_decision(
     update_approval_card(project, request, decision)
     log.info("approval for run %s: %s", run_id, decision.describe())
     return decision
+
+
+def _policy(settings: ApprovalSettings, approvers: list[str] | tuple[str, ...]) -> dict:
+    """Who may decide, on which channels, and who is asked past the deadline."""
+    escalates = settings.on_timeout == "escalate"
+    return {
+        "approvers": list(approvers),
+        "channels": list(settings.channels),
+        "escalate_to": list(settings.escalate_to) if escalates else [],
+    }
 
 
 def _input_time(run_id: UUID, answer: RunInput) -> datetime | None:

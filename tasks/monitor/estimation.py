@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from config.schema import METRICS
-from tasks.monitor.quality import labelled_rows, proba_matrix
+from tasks.monitor.quality import proba_matrix
 from tasks.monitor.results import EstimatedQuality, MetricEstimate, QualityResult
 from tasks.monitor.settings import CheckSettings
 
@@ -39,18 +40,18 @@ def estimate_quality(
         return None
     s = settings or CheckSettings.from_project(project)
     cfg = project.config
+    sample = uniform_rows(current, cfg.estimate.max_rows, cfg.estimate.seed)
     try:
-        estimates = _estimate(current, project, estimator, s, classes)
+        scores = _row_scores(sample, project, estimator, s, classes)
+        estimates = estimator.summarise(scores)
     except (KeyError, ValueError, TypeError) as exc:
         log.warning("quality not estimated: %s", str(exc).split("\n")[0])
         return None
     if not estimates:
         return None
-    outside = _outside_share(current, project, estimator)
+    outside = _outside_share(sample, project, estimator)
     realised = _realised(quality)
-    on_labelled = _estimates_on_labelled(
-        current, project, estimator, s, classes, quality, estimates
-    )
+    on_labelled = _on_labelled(sample, estimator, scores, estimates, quality, s.min_labels)
     metrics = [
         MetricEstimate(
             name=e.metric,
@@ -67,7 +68,7 @@ def estimate_quality(
         method=estimator.method,
         primary=cfg.primary_metric,
         confidence=estimator.confidence,
-        rows=min(len(current), cfg.estimate.max_rows),
+        rows=len(sample),
         metrics=metrics,
         limit=cfg.monitor.quality_limit,
         outside_share=outside,
@@ -86,14 +87,14 @@ def breached(estimated: EstimatedQuality) -> bool:
     return primary.lower > estimated.limit
 
 
-def _estimate(
+def _row_scores(
     frame: pd.DataFrame,
     project: Project,
     estimator: Any,
     s: CheckSettings,
     classes: list[Any] | None,
-) -> list[Any]:
-    """The estimator's answer on `frame`'s features, predictions and probabilities."""
+) -> Any:
+    """The estimator's per-row view of `frame`'s features, predictions and probabilities."""
     numeric, categorical = project.features
     features = frame[numeric + categorical]
     prediction = frame[s.prediction_column]
@@ -107,20 +108,26 @@ def _estimate(
             raise ValueError(missing or "the window has no probabilities")
     else:
         prediction = prediction.astype("float64")
-    return list(
-        estimator.estimate(features, prediction, proba, max_rows=project.config.estimate.max_rows)
-    )
+    return estimator.row_scores(features, prediction, proba)
 
 
-def _outside_share(frame: pd.DataFrame, project: Project, estimator: Any) -> float:
-    """`outside_share` on the rows the estimate used (the same uniform sample's size)."""
+def uniform_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """At most `max_rows` rows of `frame`, a seeded uniform sample in their order: taken before
+    any column is read, so a window of any size costs the sample's rows."""
+    if len(frame) <= max_rows:
+        return frame
+    rng = np.random.default_rng(seed)
+    return frame.iloc[np.sort(rng.choice(len(frame), size=max_rows, replace=False))]
+
+
+def _outside_share(sample: pd.DataFrame, project: Project, estimator: Any) -> float:
+    """The share of the sampled rows the estimator never learned from (older estimators
+    cannot say: 0)."""
     measure = getattr(estimator, "outside_share", None)
     if measure is None:
         return 0.0
-    cfg = project.config
-    if len(frame) > cfg.estimate.max_rows:
-        frame = frame.sample(cfg.estimate.max_rows, random_state=cfg.estimate.seed)
-    return measure(frame)
+    numeric, categorical = project.features
+    return measure(sample[numeric + categorical])
 
 
 def _realised(quality: QualityResult | None) -> dict[str, float]:
@@ -129,25 +136,26 @@ def _realised(quality: QualityResult | None) -> dict[str, float]:
     return {m.name: m.current for m in quality.metrics if m.current is not None}
 
 
-def _estimates_on_labelled(
-    frame: pd.DataFrame,
-    project: Project,
+def _on_labelled(
+    sample: pd.DataFrame,
     estimator: Any,
-    s: CheckSettings,
-    classes: list[Any] | None,
-    quality: QualityResult | None,
+    scores: Any,
     whole: list[Any],
+    quality: QualityResult | None,
+    min_labels: int,
 ) -> dict[str, float]:
-    """The estimate on exactly the rows whose realised value is known: the estimator's error.
-    With every row labelled that is the window's own estimate (`whole`), not made twice."""
+    """The estimate on the sample's labelled rows, to set beside the realised value: the
+    estimator's own error. The same per-row scores, so no second pass of its models."""
     if quality is None or quality.status != "ok":
         return {}
-    labelled = labelled_rows(frame, quality.target, quality.prediction_column)
-    if len(labelled) == len(frame):
+    known = (sample[quality.target].notna() & sample[quality.prediction_column].notna()).to_numpy()
+    if known.all():
         return {e.metric: e.value for e in whole}
+    if known.sum() < min_labels:
+        return {}
     try:
-        return {e.metric: e.value for e in _estimate(labelled, project, estimator, s, classes)}
-    except (KeyError, ValueError, TypeError) as exc:
+        return {e.metric: e.value for e in estimator.summarise(scores, np.flatnonzero(known))}
+    except (ValueError, IndexError) as exc:
         log.warning("estimate on the labelled rows failed: %s", str(exc).split("\n")[0])
         return {}
 

@@ -30,6 +30,8 @@ class MonitorRecord(BaseModel):
     quality_breached: bool
     estimated_breached: bool = False  # the estimate past the limit beyond its band
     sudden_change: bool = False  # against the previous usable window
+    estimate: dict | None = None  # the primary metric's estimate: metric, value, lower, upper
+    realised: float | None = None  # the primary metric on the window's labelled rows, if any
     usable: bool
     report_url: str | None = None
     finished_at: str

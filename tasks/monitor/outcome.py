@@ -15,6 +15,7 @@ from tasks.evidence import DriftRow, EstimateRow, QualityRow, WindowEvidence
 from tasks.metrics import MonitorMetrics
 from tasks.monitor.history import MonitorRecord
 from tasks.monitor.results import CheckResult
+from tasks.monitor.settle import SettleSummary
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ def monitor_record(
         quality_breached=seen.quality_breached,
         estimated_breached=seen.estimated_breached,
         sudden_change=seen.sudden_change,
+        estimate=primary_estimate(result),
+        realised=quality_values(result).get(project.config.primary_metric),
         usable=seen.usable,
         report_url=report_urls[0] if report_urls else None,
         finished_at=datetime.now(UTC).isoformat(),
@@ -95,8 +98,14 @@ def monitor_record(
     )
 
 
-def monitor_metrics(result: CheckResult, window: Window, duration: float) -> MonitorMetrics:
-    """The Pushgateway's view: drift numbers only for a usable window (docs/metrics.md)."""
+def monitor_metrics(
+    result: CheckResult,
+    window: Window,
+    duration: float,
+    settled: SettleSummary | None = None,
+) -> MonitorMetrics:
+    """The Pushgateway's view: drift numbers only for a usable window (docs/metrics.md); the
+    estimator's record on windows its late labels settled (`settled`) beside this one's."""
     quality = result.quality
     return MonitorMetrics(
         verdict=result.window_verdict,
@@ -118,20 +127,23 @@ def monitor_metrics(result: CheckResult, window: Window, duration: float) -> Mon
             for m in (quality.metrics if quality and quality.reference_source == "held_out" else [])
             if m.reference is not None
         ),
-        **_estimate_metrics(result),
+        **_estimate_metrics(result, settled),
         **_change_metrics(result),
     )
 
 
-def _estimate_metrics(result: CheckResult) -> dict:
+def _estimate_metrics(result: CheckResult, settled: SettleSummary | None) -> dict:
+    out: dict = {}
+    if settled is not None and settled.coverage is not None:
+        out["band_coverage"], out["settled_windows"] = settled.coverage, settled.windows
+        out["estimate_error"] = ((settled.latest.metric, settled.latest.error),)
     estimated = result.estimated
     if estimated is None or result.bad_input:
-        return {}
-    return {
+        return out
+    errors = tuple((m.name, m.error) for m in estimated.metrics if m.error is not None)
+    return out | {
         "estimated": tuple((m.name, m.value, m.lower, m.upper) for m in estimated.metrics),
-        "estimate_error": tuple(
-            (m.name, m.error) for m in estimated.metrics if m.error is not None
-        ),
+        "estimate_error": errors or out.get("estimate_error", ()),
         "estimated_breached": estimated.limit_breached,
     }
 
@@ -199,6 +211,17 @@ def quality_values(result: CheckResult) -> dict[str, float]:
     if quality is None or quality.status != "ok":
         return {}
     return {m.name: m.current for m in quality.metrics if m.current is not None}
+
+
+def primary_estimate(result: CheckResult) -> dict | None:
+    """The primary metric's estimate and band, as the history keeps it for settling later."""
+    estimated = result.estimated
+    if estimated is None:
+        return None
+    m = next((m for m in estimated.metrics if m.name == estimated.primary), None)
+    if m is None:
+        return None
+    return {"metric": m.name, "value": m.value, "lower": m.lower, "upper": m.upper}
 
 
 def estimated_values(result: CheckResult) -> dict[str, dict]:

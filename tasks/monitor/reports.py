@@ -15,6 +15,7 @@ from config.loader import Project
 from tasks.evidence import outside_note
 from tasks.monitor.report_html import save_report
 from tasks.monitor.results import CheckResult, EstimatedQuality, QualityResult, WindowChange
+from tasks.monitor.settle import SettleSummary
 from tasks.render.alerts import drift_report_key
 
 
@@ -61,6 +62,7 @@ def publish_artifacts(
     window: str,
     report_urls: list[str],
     sample: str | None = None,
+    settled: SettleSummary | None = None,
 ) -> None:
     """The run's summary in the Prefect UI, next to its logs."""
     slug = project.config.project.name.replace("_", "-")
@@ -75,6 +77,8 @@ def publish_artifacts(
         lines += ["", note] if note else []
     if result.change is not None:
         lines += ["", change_line(result.change)]
+    if settled is not None:
+        lines += settled_lines(settled)
     if result.validation:
         lines += ["", "Data checks: " + ", ".join(sorted(result.validation.verdicts))]
     lines += [f"\n[Evidently report]({url})" for url in report_urls]
@@ -142,6 +146,28 @@ def _estimate_rows(estimated: EstimatedQuality) -> list[list[str]]:
 
 def _band(lower: float, upper: float) -> str:
     return f"{_fmt(lower)} to {_fmt(upper)}"
+
+
+def settled_lines(settled: SettleSummary) -> list[str]:
+    """Earlier windows whose late labels settled their estimate in this run, and the band's
+    record over the settled windows."""
+    lines = []
+    for s in settled.settled_now:
+        held = "inside the band" if s.inside else "OUTSIDE the band"
+        lines.append(
+            f"- {s.window_start} to {s.window_end}: {s.metric} estimated {_fmt(s.estimate)} "
+            f"({_band(s.lower, s.upper)}), realised {_fmt(s.realised)} on "
+            f"{s.labelled_rows} labelled rows: {held}"
+        )
+    if lines:
+        lines = ["", "Estimates settled by late labels:", "", *lines]
+    if settled.coverage is not None:
+        lines += [
+            "",
+            f"The band held the realised value in {settled.coverage:.0%} of the last "
+            f"{settled.windows} settled windows.",
+        ]
+    return lines
 
 
 def change_line(change: WindowChange) -> str:

@@ -111,7 +111,7 @@ class MetricEstimate(BaseModel):
     greater_is_better: bool
     realised: float | None = Field(None, description="on the labelled rows, once they arrive")
     error: float | None = Field(
-        None, description="the estimate on those labelled rows minus the realised value"
+        None, description="the estimate on the labelled rows of its sample minus the realised value"
     )
 
 

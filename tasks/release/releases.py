@@ -69,9 +69,10 @@ class Attempt(BaseModel):
     release: Release
     outcome: Outcome
     action: Literal["promote", "rollback", "release"] = "promote"
-    stage: str = ""  # the step that failed: build, start, smoke, switch, watch
+    stage: str = ""  # the step that failed: build, start, smoke, shadow, switch, watch
     reason: str = ""
     previous: str | None = None  # the bento serving before the attempt
+    shadow: str = ""  # what the shadow stage saw before the switch (or why it did not run)
 
 
 def attempts_file(project: Project):

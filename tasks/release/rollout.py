@@ -1,11 +1,13 @@
 """Putting a bento into service behind the stack's nginx, blue/green, with automatic rollback.
 
 The order is the promise: the candidate starts in the idle slot and must be ready (with a
-deadline) and pass the smoke test before any client request reaches it; then nginx switches
-with a checked reload; then a watch window judges errors and latency on real traffic; only
-then is it recorded as serving and the old slot stopped. A failure at any step puts traffic
-back on the previous release (or leaves it there), stops the candidate, logs the attempt as
-failed or rolled back, and raises `RolloutFailed` with the step and the reason.
+deadline) and pass the smoke test before any client request reaches it; then nginx mirrors live
+traffic to it for `shadow.seconds` and its answers are judged against the champion's
+(tasks/release/shadow.py); then nginx switches with a checked reload; then a watch window judges
+errors and latency on real traffic; only then is it recorded as serving and the old slot
+stopped. A failure at any step puts traffic back on the previous release (or leaves it there),
+stops the candidate, logs the attempt as failed or rolled back, and raises `RolloutFailed` with
+the step and the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from config.loader import Project
+from model.capture import MIRROR_SECRET_ENV
 from tasks.commands import CommandError
 from tasks.metrics import push_rollout_counts, push_serving_info
 from tasks.release.health import offline_sample, smoke, watch
@@ -33,6 +36,7 @@ from tasks.release.releases import (
     rollout_counts,
 )
 from tasks.release.serving import SLOTS, slot_port, slot_url, start_slot, stop_slot, switch_traffic
+from tasks.release.shadow import run_shadow, shadow_env
 from tasks.stack.nginx import upstream_port
 from tasks.stack.paths import stack_dir
 from tasks.stack.supervisor import supervisor_pid
@@ -85,15 +89,23 @@ def go_live(
         how=action,
         released_by=released_by,
     )
-    stage, switched = "smoke sample", False
+    stage, switched, seen = "smoke sample", False, ""
+    mirror = shadow_wanted(project, current, slot, action)
     try:
         sample = offline_sample(project, bento.model_tag)
         stage = "start"
         progress(f"starting {bento.tag} in slot {slot}")
-        start_slot(project, slot, bento.tag)
+        start_slot(project, slot, bento.tag, mirror)
         stage = "smoke"
         progress(f"smoke test: {len(sample.records)} rows against the offline predictions")
         smoke(slot_url(project, slot), sample, bento.tag)
+        if mirror is not None and current is not None and current.slot is not None:
+            stage = "shadow"
+            secret = mirror[MIRROR_SECRET_ENV]
+            seen = run_shadow(project, slot, current.slot, secret, bento.model_tag, progress)
+            progress(seen)
+        elif action != "rollback":
+            seen = "shadow: off (shadow.seconds 0) or nothing serving to mirror"
         stage = "switch"
         switch_traffic(project, slot)
         switched = True
@@ -110,6 +122,7 @@ def go_live(
             stage=stage,
             reason=str(exc),
             previous=current.bento if current else None,
+            shadow=seen,
         )
         finish(project, attempt)
         raise RolloutFailed(
@@ -120,7 +133,19 @@ def go_live(
     if current is not None and current.slot in SLOTS and current.slot != slot:
         time.sleep(DRAIN_SECONDS)
         stop_slot(project, current.slot)
-    return promoted(project, release, current, action)
+    return promoted(project, release, current, action, seen)
+
+
+def shadow_wanted(
+    project: Project, current: Release | None, slot: str, action: str
+) -> dict[str, str] | None:
+    """The candidate's environment for a shadow stage, or None: the stage is off, nothing
+    serves behind nginx to mirror, or this is a rollback (back to a release that served)."""
+    if project.config.shadow.seconds <= 0 or action == "rollback":
+        return None
+    if current is None or current.slot not in SLOTS:
+        return None
+    return shadow_env(project, slot)
 
 
 def promoted(
@@ -128,6 +153,7 @@ def promoted(
     release: Release,
     current: Release | None,
     action: Literal["promote", "rollback", "release"],
+    shadow: str = "",
 ) -> Release:
     """Log the attempt as promoted and export what serves now."""
     finish(
@@ -138,6 +164,7 @@ def promoted(
             outcome="promoted",
             action=action,
             previous=current.bento if current else None,
+            shadow=shadow,
         ),
     )
     push_serving_info(project, release)

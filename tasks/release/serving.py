@@ -22,7 +22,7 @@ from model.store import ENDPOINT_ENV, credential_env, is_url
 from tasks.capture import server_settings
 from tasks.commands import CommandError, bin_path, tool_env
 from tasks.release.package import bentoml_home
-from tasks.stack.nginx import write_upstream
+from tasks.stack.nginx import write_shadow, write_upstream
 from tasks.stack.paths import log_dir, stack_dir
 from tasks.stack.services import healthy
 from tasks.stack.supervisor import program_section, program_states, supervisor_pid, supervisorctl
@@ -171,7 +171,9 @@ def slot_url(project: Project, slot: str) -> str:
     return f"http://127.0.0.1:{slot_port(project, slot)}"
 
 
-def start_slot(project: Project, slot: str, bento: str) -> None:
+def start_slot(
+    project: Project, slot: str, bento: str, extra_env: dict[str, str] | None = None
+) -> None:
     """Run `bento` in `slot` as a supervisord program of the stack; returns once /readyz is 200.
 
     On failure the slot is stopped again and the error names the bento, the slot and its log.
@@ -187,6 +189,7 @@ def start_slot(project: Project, slot: str, bento: str) -> None:
         "BENTOML_DO_NOT_TRACK": "true",
         **thread_env(project),
         **capture_env(project),
+        **(extra_env or {}),
     }
     command = [bin_path("bentoml"), "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     conf = stack_dir(project) / "slots" / f"{slot}.conf"
@@ -245,7 +248,16 @@ def stop_slot(project: Project, slot: str) -> None:
 def switch_traffic(project: Project, slot: str) -> None:
     """Point nginx at `slot`: new upstream file, `nginx -t`, then a graceful reload (HUP)."""
 
-    path = write_upstream(project, slot_port(project, slot))
+    reload_nginx(project, write_upstream(project, slot_port(project, slot)))
+
+
+def switch_shadow(project: Project, port: int | None, secret: str = "") -> None:
+    """Mirror live requests to the slot on `port` (None: stop mirroring), checked and reloaded."""
+    reload_nginx(project, write_shadow(project, port, secret))
+
+
+def reload_nginx(project: Project, path: Path) -> None:
+    """`nginx -t` on the changed file, then a graceful reload (HUP)."""
     nginx_dir = stack_dir(project) / "nginx"
     test = subprocess.run(
         ["nginx", "-t", "-q", "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")],

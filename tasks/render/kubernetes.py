@@ -2,9 +2,10 @@
 
 Two variants of one pod template: a plain Deployment (rolling update that never drops below the
 desired replicas) and an Argo Rollouts canary whose AnalysisTemplate asks Prometheus for the new
-version's 5xx ratio. Both come with a Service and a PodDisruptionBudget. The functions return
-plain dicts; `manifest_files` turns them into the texts that `driftloop render` commits under
-`deployments/k8s/` (with a placeholder version) and that a release applies (with its version).
+version's 5xx ratio and for the drift of its predictions against the stable version's (which the
+monitor publishes per version). Both come with a Service and a PodDisruptionBudget. The
+functions return plain dicts; `manifest_files` turns them into the texts that `driftloop render`
+commits under `deployments/k8s/` (with a placeholder version) and that a release applies.
 
 Pods share no disk, so they capture only to an S3-API store: with `capture.path` an s3:// URL
 they get the store, its endpoint and the capture settings as plain values and its credentials
@@ -20,7 +21,7 @@ from config.loader import Project
 from model.store import is_url
 from tasks.capture import server_settings
 from tasks.render.files import yaml_text
-from tasks.render.names import API_CALLS
+from tasks.render.names import API_CALLS, MONITOR_JOB, format_number
 
 # The committed files carry this tag; a release replaces it with its bento version.
 PLACEHOLDER_VERSION = "BENTO_VERSION"
@@ -221,6 +222,7 @@ def disruption_budget(project: Project) -> dict:
 
 
 def analysis_name(project: Project) -> str:
+    """Named for its first check (the 5xx ratio); it also checks the prediction drift."""
     return f"{app_name(project)}-error-ratio"
 
 
@@ -236,9 +238,39 @@ def error_ratio_query(project: Project) -> str:
     return f"(\n  {errors}\n  or vector(0)\n)\n/ clamp_min(\n  {total}\n  or vector(0), 1e-9\n)"
 
 
+def prediction_drift_query(project: Project) -> str:
+    """The drift of one bento version's predictions against the stable version's, as the
+    monitor last measured it on a window both answered (`tasks/monitor/versions.py`).
+
+    No measurement counts as no drift (0): until a monitor run has seen enough of the canary's
+    answers there is nothing to judge, and a quiet window must not block a release.
+    """
+    name = project.config.project.name
+    sel = f'job="{MONITOR_JOB}",model="{name}",version="{{{{args.bento-version}}}}"'
+    return f"max(\n  driftloop_version_prediction_drift{{{sel}}}\n)\nor vector(0)"
+
+
+def analysis_metric(project: Project, name: str, limit: float, query: str, failures: int) -> dict:
+    bound = format_number(limit)
+    return {
+        "name": name,
+        "interval": ANALYSIS_INTERVAL,
+        "initialDelay": ANALYSIS_INTERVAL,
+        "failureLimit": failures,
+        "successCondition": f"result[0] <= {bound}",
+        "failureCondition": f"result[0] > {bound}",
+        "provider": {
+            "prometheus": {"address": project.config.kubernetes.prometheus_url, "query": query}
+        },
+    }
+
+
 def analysis_template(project: Project) -> dict:
-    """Fails the canary when its 5xx ratio passes `serving.max_error_ratio` three times."""
-    k8s, limit = project.config.kubernetes, f"{project.config.serving.max_error_ratio:.15g}"
+    """Fails the canary when its 5xx ratio passes `serving.max_error_ratio` three times, or
+    once when the monitor finds its predictions drifted from the stable version's past
+    `monitor.version_drift_threshold` (one window's verdict, not a noisy instant: the same
+    measurement stands until the next monitor run)."""
+    cfg = project.config
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "AnalysisTemplate",
@@ -246,27 +278,27 @@ def analysis_template(project: Project) -> dict:
         "spec": {
             "args": [{"name": "bento-version"}],
             "metrics": [
-                {
-                    "name": "error-ratio",
-                    "interval": ANALYSIS_INTERVAL,
-                    "initialDelay": ANALYSIS_INTERVAL,
-                    "failureLimit": ANALYSIS_FAILURE_LIMIT,
-                    "successCondition": f"result[0] <= {limit}",
-                    "failureCondition": f"result[0] > {limit}",
-                    "provider": {
-                        "prometheus": {
-                            "address": k8s.prometheus_url,
-                            "query": error_ratio_query(project),
-                        }
-                    },
-                }
+                analysis_metric(
+                    project,
+                    "error-ratio",
+                    cfg.serving.max_error_ratio,
+                    error_ratio_query(project),
+                    ANALYSIS_FAILURE_LIMIT,
+                ),
+                analysis_metric(
+                    project,
+                    "prediction-drift",
+                    cfg.monitor.version_drift_threshold,
+                    prediction_drift_query(project),
+                    0,
+                ),
             ],
         },
     }
 
 
 def rollout(project: Project, version: str) -> dict:
-    """Canary in replica steps with the error-ratio analysis in the background; Argo aborts on a
+    """Canary in replica steps with the analysis in the background; Argo aborts on a
     failed analysis or a stall (`progressDeadlineAbort`), and the release reverts the spec."""
     k8s = project.config.kubernetes
     return {

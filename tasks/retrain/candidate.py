@@ -10,8 +10,10 @@ from prefect.cache_policies import NO_CACHE
 
 from config.loader import Project
 from model import artifacts
+from model.frames import feature_frame
 from tasks.release.package import bentoml_home, register_model
 from tasks.release.releases import Release
+from tasks.release.shadow import holdout_comparison, save_holdout_comparison
 from tasks.retrain.gate import GateResult, gate
 from tasks.retrain.training import TrainingResult, push_outputs, reproduce
 from tasks.retrain.trainset import build_training_set, git_commit, version_training_set
@@ -39,13 +41,21 @@ def train_candidate(project: Project, run_id: str) -> tuple[TrainingResult, str]
 
 
 @task(cache_policy=NO_CACHE)
-def judge_candidate(project: Project, champion_tag: str, holdout) -> GateResult:
-    """Champion (the serving model, from the BentoML store) against the candidate just trained."""
+def judge_candidate(
+    project: Project, champion_tag: str, holdout, candidate_tag: str = ""
+) -> GateResult:
+    """Champion (the serving model, from the BentoML store) against the candidate just trained;
+    with `candidate_tag`, their disagreement on the holdout is kept for the shadow stage."""
     os.environ.setdefault("BENTOML_HOME", str(bentoml_home(project)))
     import bentoml  # after BENTOML_HOME: bentoml reads its store's place once, at import
 
     champion = bentoml.sklearn.load_model(champion_tag)
     candidate = joblib.load(project.resolve(artifacts.MODEL_FILE))
+    if candidate_tag:
+        numeric, categorical = project.features
+        features = feature_frame(holdout, numeric, categorical)
+        seen = holdout_comparison(project.config.data.task, champion, candidate, features)
+        save_holdout_comparison(project, candidate_tag, seen)
     return gate(project, champion, candidate, holdout)
 
 

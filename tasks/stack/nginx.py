@@ -100,6 +100,9 @@ def render_nginx(project: Project) -> None:
     upstream = nginx / "upstream.conf"
     if not upstream.exists():  # a later swap rewrites it; `up` must not undo a swap
         write_upstream(project, project.config.serving.slot_ports[0])
+    shadow = nginx / "shadow.conf"
+    if not shadow.exists():  # a shadow stage rewrites it; `up` renders it off
+        write_shadow(project, None)
     serving = project.config.serving
     user, note = nginx_user(project)
     q = _nginx_path
@@ -116,6 +119,7 @@ def render_nginx(project: Project) -> None:
             uwsgi_temp_path=q(nginx / "temp/uwsgi"),
             scgi_temp_path=q(nginx / "temp/scgi"),
             upstream=q(upstream),
+            shadow=q(shadow),
             reports_listen=hostport(project.config.endpoints.reports),
             reports_root=q(reports_dir(project)),
             report_csp=REPORT_CSP,
@@ -136,5 +140,28 @@ def write_upstream(project: Project, port: int) -> Path:
     path = stack_dir(project) / "nginx" / "upstream.conf"
     tmp = path.with_suffix(".new")
     tmp.write_text(template("upstream.conf.tmpl").substitute(port=port))
+    tmp.replace(path)  # atomic: nginx never reads half a file
+    return path
+
+
+def write_shadow(project: Project, port: int | None, secret: str = "") -> Path:
+    """Mirror live requests to the slot on `port`, marked with `secret` (None: mirror nothing).
+
+    The file is readable by its owner only: the secret is what lets the candidate tell a
+    mirrored request from a client's."""
+    path = stack_dir(project) / "nginx" / "shadow.conf"
+    tmp = path.with_suffix(".new")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    if port is None:
+        tmp.write_text("# no shadow stage running\n")
+    else:
+        if not re.fullmatch(r"[A-Za-z0-9]+", secret):
+            raise StackError("nginx: the mirror secret must be letters and digits")
+        timeout = f"{max(project.config.serving.max_p95_latency_seconds * 2, 1):.0f}s"
+        text = template("shadow.conf.tmpl").substitute(
+            port=port, secret=secret, read_timeout=timeout
+        )
+        tmp.write_text(text)
     tmp.replace(path)  # atomic: nginx never reads half a file
     return path

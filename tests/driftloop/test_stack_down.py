@@ -55,7 +55,7 @@ def assert_one_line(done, seconds: float, service: str, url: str) -> None:
     )
     assert "Traceback" not in output
     assert "temporary server" not in output
-    assert seconds < 15, f"took {seconds:.1f} s"
+    assert seconds < 40, f"took {seconds:.1f} s"  # no retry loop; a loaded machine starts slowly
 
 
 @pytest.mark.parametrize(

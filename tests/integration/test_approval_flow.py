@@ -9,6 +9,7 @@ import contextvars
 import json
 import threading
 import time
+from uuid import UUID
 
 import httpx
 import pytest
@@ -20,7 +21,10 @@ from typer.testing import CliRunner
 from driftloop.approve_cmd import approve, pending, reject
 from driftloop.slack_app import Interactions, create_app, run_socket_mode, uvicorn_config
 from tasks.approval.audit import read_audit
-from tests.fakes.approval_stub import decide_args
+from tasks.approval.identity import NoRecordedApproval, verified_approval
+from tasks.approval.store import REQUEST_KEY, recorded_decision, write_input
+from tasks.approval.submit import submit_decision
+from tests.fakes.approval_stub import StubRun, decide_args, project_copy
 from tests.fakes.slack_interactive import (
     APP_TOKEN,
     SocketModeServer,
@@ -55,6 +59,22 @@ def app_url(project, slack, prefect_server):
     yield f"http://127.0.0.1:{port}/slack/actions"
     server.should_exit = True
     thread.join(20)
+
+
+@pytest.fixture
+def stub_with(prefect_server, slack, tmp_path, request):
+    """Start stub flows in a project whose `approval` section has these edits."""
+    runs: list[StubRun] = []
+
+    def start(approval: dict, **kwargs) -> StubRun:
+        project = project_copy(tmp_path / f"project-{len(runs)}", {"approval": approval})
+        run = StubRun(project, candidate=f"bikeshare:{request.node.name}-{len(runs)}", **kwargs)
+        runs.append(run)
+        return run.start()
+
+    yield start
+    for run in runs:
+        run.close()
 
 
 def post_clicks(url: str, bodies: list[bytes], gap: float = 0.0) -> list[tuple[int, float]]:
@@ -224,3 +244,98 @@ def test_socket_mode_click_decides_the_run(stub, slack, project, monkeypatch):
     assert ack == {"envelope_id": envelope}
     assert (outcome["outcome"], outcome["channel"]) == ("approve", "slack")
     assert "Approved by U0ALICE via slack" in json.dumps(slack.card_updates()[-1])
+
+
+def test_remind_reposts_the_card_in_its_thread_until_the_final_deadline_then_rejects(
+    stub_with, slack
+):
+    run = stub_with(
+        {"on_timeout": "remind", "remind_every_seconds": 2, "grace_seconds": 5}, timeout=2
+    )
+    outcome = run.result(timeout=40)
+    assert (outcome["outcome"], outcome["channel"]) == ("reject", None)  # by timeout
+    card, *reminders = slack.posted()
+    assert card["blocks"][-1]["type"] == "actions" and "thread_ts" not in card
+    assert 2 <= len(reminders) <= 3  # due 2, 4 and 6 s after the request; a late one is skipped
+    for i, reminder in enumerate(reminders, start=1):
+        assert reminder["thread_ts"] == CARD_TS
+        assert f"Reminder {i}: still waiting for a decision" in json.dumps(reminder)
+        assert reminder["blocks"][-1]["type"] == "actions"  # decidable from the thread
+    logged = read_audit(run.project, run.run_id)
+    reminded = [e for e in logged if e.event == "reminder"]
+    assert [(e.decision, e.channel) for e in reminded] == [("reminded", "timeout")] * len(reminders)
+    offsets = [round((e.due_at - run.request.requested_at).total_seconds()) for e in reminded]
+    assert offsets[0] == 2 and set(offsets) <= {2, 4, 6}
+    assert [(e.event, e.decision, e.channel) for e in logged if e.event == "decision"] == [
+        ("decision", "reject", "timeout")
+    ]
+    update = slack.card_updates()[-1]
+    assert "Rejected by timeout at" in json.dumps(update) and "Nothing will be promoted" in (
+        json.dumps(update)
+    )
+    with pytest.raises(NoRecordedApproval, match="rejected by timeout"):
+        verified_approval(run.project, run.run_id, run.candidate, run.hash)
+    late = submit_decision(run.project, run.run_id, "approve", "alice", "cli", "", run.hash)
+    assert late.status == "already_decided" and "rejected by timeout" in late.message
+
+
+def test_escalate_lets_only_the_listed_identities_decide_and_only_after_the_deadline(
+    stub_with, slack
+):
+    run = stub_with(
+        {
+            "on_timeout": "escalate",
+            "grace_seconds": 60,
+            "escalate_to": {"slack": ["U0CAROL"], "cli": ["carol"], "ui": []},
+        },
+        timeout=4,
+        approvers=("cli:alice",),
+    )
+    project = run.project
+
+    def submit(who: str, channel: str = "cli", decision: str = "approve"):
+        return submit_decision(project, run.run_id, decision, who, channel, "", run.hash)
+
+    def resume_as_ui(typed: str):  # unsealed: whatever it claims, it is ui:prefect-ui
+        with get_client(sync_client=True) as client:
+            client.resume_flow_run(
+                run.run_id,
+                run_input={"decision": "approve", "approver": typed, "evidence_hash": run.hash},
+            )
+
+    early = submit("carol")
+    assert early.status == "refused" and "only once the request is escalated" in early.message
+    assert submit("U0CAROL", "slack").status == "refused"
+    assert wait_for(lambda: any(e.event == "escalation" for e in read_audit(project)), 30)
+
+    # past the deadline: carol may decide; strangers and forged claims still may not
+    (asked,) = [p for p in slack.posted() if p.get("thread_ts") == CARD_TS]
+    assert "escalated to <@U0CAROL>, cli:carol" in asked["text"]
+    assert "<@U0CAROL>" in json.dumps(slack.card_updates()[-1]["blocks"])
+    stranger = submit("mallory")
+    assert stranger.status == "refused" and "not on the approver allow-list" in stranger.message
+    assert "not on the approver allow-list" in submit("carol", "slack").message  # per channel
+    resume_as_ui("carol")
+    assert wait_for(lambda: len([e for e in read_audit(project) if e.event == "refusal"]) == 5)
+    with get_client(sync_client=True) as client:
+        assert wait_for(lambda: client.read_flow_run(run.run_id).state.is_paused())
+    # a request rewritten through the Prefect API widens nothing: the flow checks its own lists
+    stored = recorded_decision(project, run.run_id)[0]
+    forged = stored.model_copy(update={"approvers": [], "escalate_to": ["cli:mallory"]})
+    write_input(UUID(run.run_id), f"{REQUEST_KEY}{run.hash}-rewritten", forged)
+    assert recorded_decision(project, run.run_id)[0].escalate_to == ["cli:mallory"]
+    widened = submit("mallory")
+    assert widened.status == "refused" and "not on the approver allow-list" in widened.message
+    assert [e.event for e in read_audit(project) if e.event != "refusal"] == ["escalation"]
+
+    decided = submit("carol", decision="reject")
+    assert decided.recorded, decided.message
+    outcome = run.result()
+    assert (outcome["outcome"], outcome["approver"], outcome["channel"]) == (
+        "reject",
+        "carol",
+        "cli",
+    )
+    (escalated,) = [e for e in read_audit(project) if e.event == "escalation"]
+    assert (escalated.decision, escalated.channel) == ("escalated", "timeout")
+    assert round((escalated.due_at - run.request.requested_at).total_seconds()) == 4

@@ -451,3 +451,60 @@ def test_after_interrupted_promotes_the_next_one_goes_live(live, tmp_path):
         requests = stop_traffic(load, tmp_path)
     assert requests.failed == 0, failures(requests)
     assert release.bento == bento.tag == answered_by(live) == read_serving(live).bento
+
+
+# ---------------------------------------------------------------- the shadow stage
+
+
+def test_shadow_stage_refuses_live_disagreement_and_passes_agreement(live, tmp_path):
+    """Under load, the candidate is mirrored live traffic before the switch: one that answers
+    far from the champion (where its holdout said they agree) is refused with no failed client
+    request; one that agrees goes live; no mirrored request is captured."""
+    import joblib
+
+    from config.schema import ShadowConfig
+    from model import artifacts
+    from tasks.capture import read_window
+    from tasks.release.package import build_bento, register_model
+    from tasks.release.releases import read_serving
+    from tasks.release.rollout import RolloutFailed, go_live
+    from tasks.release.shadow import Comparison, save_holdout_comparison
+
+    shadow = ShadowConfig(seconds=4, min_rows=20)
+    project = dataclasses.replace(live, config=live.config.model_copy(update={"shadow": shadow}))
+    before = read_serving(project)
+    # a candidate that learned almost nothing: its first 3 boosting rounds of the 200
+    model_file = project.resolve(artifacts.MODEL_FILE)
+    kept = model_file.read_bytes()
+    pipeline = joblib.load(model_file)
+    pipeline[-1]._predictors = pipeline[-1]._predictors[:3]
+    joblib.dump(pipeline, model_file)
+    try:
+        stranger = register_model(project)
+    finally:
+        model_file.write_bytes(kept)
+    agreed = Comparison(rows=200, difference=0.01, drift=0.01)  # what its approver saw
+    save_holdout_comparison(project, stranger, agreed)
+    save_holdout_comparison(project, before.model_tag, agreed)
+    refused, same = build_bento(project, stranger), build_bento(project, before.model_tag)
+
+    started = datetime.now(UTC)
+    load = traffic(project, tmp_path)
+    try:
+        with pytest.raises(RolloutFailed, match="shadow stage: live answers") as failed:
+            go_live(project, refused)
+        assert read_serving(project).bento == before.bento
+        release = go_live(project, same)
+    finally:
+        requests = stop_traffic(load, tmp_path)
+    assert requests.failed == 0, failures(requests)
+    assert failed.value.attempt.stage == "shadow"
+    assert (
+        attempts(project)[-2].outcome == "failed"
+        and "holdout 0.010" in attempts(project)[-2].reason
+    )
+    assert release.bento == same.tag and attempts(project)[-1].shadow.startswith("shadow: passed")
+    time.sleep(project.config.capture.flush_seconds + 1)
+    captured = read_window(project, started, datetime.now(UTC)).frame
+    assert set(captured["bento"]) <= {before.bento, same.tag}  # never the refused candidate
+    assert len(captured) <= len(requests.status)  # client requests only, not their mirrors

@@ -124,21 +124,24 @@ def test_stale_evidence_and_strangers_are_refused_and_the_run_keeps_waiting(stub
     assert run.result()["outcome"] == "reject"
 
 
-def test_timeout_expires_the_request_updates_the_card_and_later_decisions_are_told(
+def test_timeout_rejects_the_request_updates_the_card_and_later_decisions_are_told(
     stub, slack, project
 ):
+    assert project.config.approval.on_timeout == "reject"  # the shipped default
     run = stub(timeout=4)
     outcome = run.result(timeout=30)
-    assert outcome["outcome"] == "expired" and outcome["approver"] is None
-    assert state_of(run.run_id).is_completed()  # expired is an answer, not a crash
+    assert (outcome["outcome"], outcome["approver"], outcome["channel"]) == ("reject", None, None)
+    assert state_of(run.run_id).is_completed()  # a timeout is an answer, not a crash
     update = slack.card_updates()[-1]
-    assert "expired" in update["text"] and "Nothing will be promoted" in json.dumps(update)
+    assert "rejected by timeout at " in update["text"]
+    assert "Nothing will be promoted" in json.dumps(update)
     assert not any(b["type"] == "actions" for b in update["blocks"])
+    assert len(slack.posted()) == 1  # the card only: no reminder, no escalation
     late = submit_decision(project, run.run_id, "approve", "alice", "cli", "", run.hash)
     assert late.status == "already_decided"
-    assert late.message.startswith("already expired at ")
-    (logged,) = [e for e in read_audit(project, run.run_id) if e.event == "decision"]
-    assert logged.decision == "expired"
+    assert late.message.startswith("already rejected by timeout at ")
+    logged = [e for e in read_audit(project, run.run_id) if e.event != "refusal"]
+    assert [(e.event, e.decision, e.channel) for e in logged] == [("decision", "reject", "timeout")]
 
 
 def test_ui_resume_is_checked_by_the_flow_refused_in_the_thread_then_decided(stub, slack, project):
@@ -248,12 +251,19 @@ def test_approvals_metric_is_recounted_from_the_audit_log_so_a_down_gateway_lose
         assert wait_until(lambda: _ready(gateway), timeout=20)
         append_audit(project, entry("reject", "cli"))
         append_audit(project, entry("approve", "ui", event="refusal"))
+        append_audit(project, entry("reminded", "timeout", event="reminder"))
+        append_audit(project, entry("reminded", "timeout", event="reminder"))
+        append_audit(project, entry("escalated", "timeout", event="escalation"))
+        append_audit(project, entry("reject", "timeout"))
         lines = _metric_lines(gateway)
         model = project.config.project.name
         expected = {
             ("approve", "slack"): 1,
             ("reject", "cli"): 1,
             ("refused", "ui"): 1,
+            ("reminded", "timeout"): 2,
+            ("escalated", "timeout"): 1,
+            ("reject", "timeout"): 1,
         }
         for (decision, channel), count in expected.items():
             matching = [

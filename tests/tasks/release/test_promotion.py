@@ -31,10 +31,10 @@ def test_rejected_run_is_refused_with_its_reason(stub, project):
     assert read_serving(project) is None
 
 
-def test_expired_run_is_refused(stub, project):
+def test_run_rejected_by_timeout_is_refused(stub, project):
     run = stub(timeout=2)
-    assert run.result()["outcome"] == "expired"
-    with pytest.raises(PromotionRefused, match=r"expired at .* with no decision"):
+    assert run.result()["outcome"] == "reject"
+    with pytest.raises(PromotionRefused, match=r"rejected by timeout at .* with no decision"):
         approved_candidate(project, run.run_id)
 
 

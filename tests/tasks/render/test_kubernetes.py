@@ -141,7 +141,7 @@ def test_changing_the_config_changes_the_manifests(tmp_path, project):
 def test_the_analysis_measures_the_canarys_5xx_ratio_against_the_config_limit(project):
     rollout, analysis = rollout_and_analysis(project, "v9")
     limit = project.config.serving.max_error_ratio
-    (metric,) = analysis["spec"]["metrics"]
+    metric = next(m for m in analysis["spec"]["metrics"] if m["name"] == "error-ratio")
     query = metric["provider"]["prometheus"]["query"]
     assert metric["successCondition"] == f"result[0] <= {limit}"
     assert metric["failureCondition"] == f"result[0] > {limit}"
