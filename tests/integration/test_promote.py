@@ -233,11 +233,16 @@ def test_a_candidate_never_ready_is_stopped_within_its_deadline(live, tmp_path):
 def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
     live, prefect_server, tmp_path, monkeypatch
 ):
-    """A service change that passes the smoke test (20 rows) but fails clients' two-row batches."""
+    """A service change that passes the smoke test (20 rows) but fails clients' two-row batches.
+
+    The shadow stage would refuse it before the switch (its mirrored two-row batches fail too):
+    it is off here, so the watch after the switch is what catches it."""
     from flows.promote import promote
     from tasks.release.releases import read_serving
 
     project = live
+    config = project.path.read_text()
+    edit_config(project.root, lambda raw: raw["shadow"].update(seconds=0), commit=False)
     before = read_serving(project)
     service = project.root / "model/service.py"
     original = service.read_text()
@@ -264,8 +269,10 @@ def test_a_candidate_answering_5xx_is_rolled_back_and_reported(
         requests = stop_traffic(load, tmp_path)
         slack.stop()
         service.write_text(original)
+        project.path.write_text(config)
     failed = attempts(project)[-1]
     assert failed.outcome == "rolled_back" and failed.stage == "watch", failed
+    assert failed.shadow.startswith("shadow: off")  # the stage did not run
     assert answered_by(project) == before.bento and read_serving(project) == before
     assert not slot_answers(project, failed.release.slot)
     assert requests.failed > 0 and requests.bento[-1] == before.bento
