@@ -44,6 +44,15 @@ def test_demo_tells_the_whole_story(tmp_path):
         ).groups(),
     )
     assert new < old
+    # each month's quality estimated before its labels, the realised value beside it
+    estimates = re.findall(
+        r"estimated rmse ([\d.]+) \(90% band ([\d.]+) to ([\d.]+)\) before the labels; "
+        r"realised ([\d.]+)",
+        flat,
+    )
+    assert len(estimates) >= 3, flat
+    for value, lower, upper, _ in estimates:
+        assert float(lower) <= float(value) <= float(upper)
     # lineage names the retrain run and the approver; the stack is gone
     assert f"approved by cli:{getuser()} at " in re.sub(r"[│┃ ]+", " ", out)
     assert "stack stopped" in flat
