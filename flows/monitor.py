@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from prefect import flow, get_run_logger
@@ -134,11 +133,9 @@ def monitor(
     save_profile(project, run_id, result)
 
     # 5. publish (retried inside the task; a failure is raised after notifying)
-    metrics = monitor_metrics(result, window, time.perf_counter() - began, settled)
     # each serving version's predictions against the stable one's (the Argo canary reads it)
-    if seen.usable:
-        versions = compare_versions(project, window.frame, serving.bento)
-        metrics = replace(metrics, versions=versions)
+    versions = compare_versions(project, window.frame, serving.bento) if seen.usable else ()
+    metrics = monitor_metrics(result, window, time.perf_counter() - began, settled, versions)
     published = push_metrics(project, metrics, return_state=True)
 
     # 6b. notify: artifacts always, Slack when something is wrong (one thread per cycle)

@@ -121,13 +121,9 @@ def uniform_rows(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
 
 
 def _outside_share(sample: pd.DataFrame, project: Project, estimator: Any) -> float:
-    """The share of the sampled rows the estimator never learned from (older estimators
-    cannot say: 0)."""
-    measure = getattr(estimator, "outside_share", None)
-    if measure is None:
-        return 0.0
+    """The share of the sampled rows the estimator never learned from."""
     numeric, categorical = project.features
-    return measure(sample[numeric + categorical])
+    return estimator.outside_share(sample[numeric + categorical])
 
 
 def _realised(quality: QualityResult | None) -> dict[str, float]:

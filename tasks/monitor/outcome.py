@@ -16,6 +16,7 @@ from tasks.metrics import MonitorMetrics
 from tasks.monitor.history import MonitorRecord
 from tasks.monitor.results import CheckResult
 from tasks.monitor.settle import SettleSummary
+from tasks.monitor.versions import VersionPredictions
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,11 @@ def monitor_metrics(
     window: Window,
     duration: float,
     settled: SettleSummary | None = None,
+    versions: tuple[VersionPredictions, ...] = (),
 ) -> MonitorMetrics:
     """The Pushgateway's view: drift numbers only for a usable window (docs/metrics.md); the
-    estimator's record on windows its late labels settled (`settled`) beside this one's."""
+    estimator's record on windows its late labels settled (`settled`) beside this one's, and
+    each serving version's predictions (`tasks.monitor.versions.compare_versions`)."""
     quality = result.quality
     return MonitorMetrics(
         verdict=result.window_verdict,
@@ -127,6 +130,7 @@ def monitor_metrics(
             for m in (quality.metrics if quality and quality.reference_source == "held_out" else [])
             if m.reference is not None
         ),
+        versions=versions,
         **_estimate_metrics(result, settled),
         **_change_metrics(result),
     )
